@@ -1,0 +1,97 @@
+"""The one settings object of Jiefen (pydantic-settings, environment prefix ``JIEFEN_``).
+
+Read once at start-up (``Settings()``) and passed explicitly; nothing deeper in the code reads
+the environment. Every default is the embedded mode: SQLite under ``./var``, an in-process Redis
+stand-in when ``JIEFEN_REDIS_URL`` is unset, local disk for evidence and recordings, and a
+development WeChat account that the bundled simulator and fake WeChat API server speak to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The development WeChat account used by `jiefen serve` and `jiefen chat` out of the box.
+DEV_WECHAT_TOKEN = "jiefen-dev-token"
+DEV_WECHAT_APPID = "wxjiefendev0000001"
+DEV_WECHAT_SECRET = "jiefen-dev-secret"
+DEV_WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters, as WeChat's
+
+WECHAT_API_BASE = "https://api.weixin.qq.com"
+
+
+class Settings(BaseSettings):
+    """All configuration. Field names map to ``JIEFEN_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="JIEFEN_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: The URL people reach us by (for links in messages); defaults to http://host:port.
+    public_url: str | None = None
+
+    data_dir: Path = Path("var")
+    #: SQLAlchemy async URL; default is an SQLite file in ``data_dir``.
+    database_url: str | None = None
+    #: ``redis://`` URL; unset means an in-process stand-in (fakeredis), for one process only.
+    redis_url: str | None = None
+    #: Prefix for every Redis key, so that several deployments (or tests) can share one server.
+    redis_prefix: str = "jiefen:"
+
+    wechat_token: str = DEV_WECHAT_TOKEN
+    wechat_appid: str = DEV_WECHAT_APPID
+    wechat_secret: str = DEV_WECHAT_SECRET
+    #: 43-character EncodingAESKey; empty means plaintext mode only.
+    wechat_aes_key: str = DEV_WECHAT_AES_KEY
+    wechat_api_base: str = WECHAT_API_BASE
+    #: Template used to reach a resident outside the 48 h customer-service window (optional).
+    wechat_notice_template_id: str | None = None
+
+    #: Pushes whose timestamp is further than this from now are refused (seconds).
+    wechat_timestamp_tolerance_s: int = 300
+    #: Webhook bodies above this size get 413.
+    wechat_max_body_bytes: int = 64 * 1024
+    #: Reply passively if the answer is ready within this time, else push it (seconds).
+    passive_reply_deadline_s: float = 4.0
+    #: A half-finished intake is kept this long for the resident to resume.
+    conversation_ttl_days: int = 7
+    #: Largest media file fetched from WeChat as evidence.
+    max_media_bytes: int = 20 * 1024 * 1024
+
+    #: Base64 32-byte key that encrypts ID numbers; unset means a key file in ``data_dir``.
+    data_key: str | None = None
+    #: TOML file of organisations and routing rules; unset means the bundled example.
+    routing_file: Path | None = None
+    #: Extra non-working days (YYYY-MM-DD) for deadline arithmetic, e.g. public holidays.
+    holidays: list[str] = Field(default_factory=list)
+
+    #: Run background jobs (outbox, media fetch) inside ``jiefen serve``.
+    embedded_worker: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("wechat_aes_key")
+    @classmethod
+    def _aes_key_length(cls, value: str) -> str:
+        if value and len(value) != 43:
+            raise ValueError("JIEFEN_WECHAT_AES_KEY must be 43 characters (WeChat's EncodingAESKey)")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'jiefen.db').as_posix()}"
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.data_dir / "evidence"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    @property
+    def resolved_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,1 @@
+"""Jiefen application wiring: the composition root and the `jiefen` command."""

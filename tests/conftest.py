@@ -1,0 +1,87 @@
+"""Fixtures shared by the whole suite: the real Redis and PostgreSQL servers, isolated per test.
+
+Each test gets its own Redis key prefix (deleted afterwards) and its own PostgreSQL database
+(created empty, dropped afterwards), so tests never see each other's data. When a server is down,
+a test that needs it fails under CI (``CI`` or ``JIEFEN_REQUIRE_SERVICES`` set) and is skipped
+otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+REDIS_URL = os.environ.get("JIEFEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_ADMIN_URL = os.environ.get(
+    "JIEFEN_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SERVICES_REQUIRED = bool(os.environ.get("CI") or os.environ.get("JIEFEN_REQUIRE_SERVICES"))
+
+
+def _service_missing(what: str, error: BaseException) -> None:
+    message = f"{what} is not reachable ({error!r}); start it as DESIGN.md 'Services' says"
+    if SERVICES_REQUIRED:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"jiefen-test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the real Redis server; every key under ``redis_prefix`` is deleted afterwards."""
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as error:  # any connection failure means the service is missing
+        await client.aclose()
+        _service_missing("Redis", error)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*", count=500)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def pg_database_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for this test, as a SQLAlchemy asyncpg URL."""
+    name = f"jiefen_t_{uuid.uuid4().hex[:16]}"
+    try:
+        admin = await asyncpg.connect(DATABASE_ADMIN_URL, timeout=5)
+    except Exception as error:  # any connection failure means the service is missing
+        _service_missing("PostgreSQL", error)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = DATABASE_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(DATABASE_ADMIN_URL, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def sqlite_database_url(tmp_path: Path) -> str:
+    """A new SQLite file for this test, as a SQLAlchemy aiosqlite URL."""
+    return f"sqlite+aiosqlite:///{(tmp_path / 'jiefen.db').as_posix()}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Run the test once on PostgreSQL and once on SQLite."""
+    fixture = "pg_database_url" if request.param == "postgresql" else "sqlite_database_url"
+    return str(request.getfixturevalue(fixture))
