@@ -1,0 +1,190 @@
+"""Background jobs of the WeChat edge, and the loop that runs them.
+
+Three kinds, each idempotent (the queue is at-least-once):
+
+- ``wechat.send_text`` — the outbox: push reply parts through the customer-service API, in
+  order. A part that fails for a passing reason is retried with exponential backoff (the parts
+  already sent are not sent again); outside the 48-hour window (errcode 45015) the resident is
+  notified by template message when a template is configured, else the job is buried with that
+  reason for staff to follow up by phone.
+- ``wechat.fetch_media`` — download a resident's evidence from WeChat's media API into the blob
+  store and record it (WeChat keeps temporary media for 3 days only).
+- ``intake.callback_request`` — record a resident's 「人工」 request in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.conversation import JOB_CALLBACK_REQUEST, JOB_FETCH_MEDIA, JOB_SEND_TEXT
+from bot.wechat_api import WeChatAPIClient
+from jiefen.errors import UpstreamError, WeChatAPIError
+from state import case_store
+from state.blob_store import LocalBlobStore
+from state.job_queue import Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+#: errcodes that mean "this will never work": do not retry.
+_PERMANENT_ERRCODES = {40003, 40007, 43004, 45015, 45047, 48001}
+_OUT_OF_WINDOW = 45015
+_MEDIA_SUFFIXES = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/gif": ".gif",
+    "audio/amr": ".amr",
+    "audio/speex": ".speex",
+    "audio/mpeg": ".mp3",
+    "video/mp4": ".mp4",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay_s: float = 2.0
+    max_delay_s: float = 600.0
+
+    def delay(self, attempts: int) -> float:
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempts - 1))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+class BackgroundJobs:
+    """Runs the edge's jobs from the shared queue (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        jobs: JobQueue,
+        wechat: WeChatAPIClient,
+        db: AsyncEngine,
+        evidence: LocalBlobStore,
+        max_media_bytes: int,
+        notice_template_id: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        idle_poll_s: float = 0.1,
+    ) -> None:
+        self._jobs = jobs
+        self._wechat = wechat
+        self._db = db
+        self._evidence = evidence
+        self._max_media_bytes = max_media_bytes
+        self._notice_template_id = notice_template_id
+        self._retry = retry
+        self._idle_poll_s = idle_poll_s
+        self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
+            JOB_SEND_TEXT: self._send_text,
+            JOB_FETCH_MEDIA: self._fetch_media,
+            JOB_CALLBACK_REQUEST: self._record_callback,
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set. A failing job never stops the loop."""
+        while not stop.is_set():
+            try:
+                worked = await self.run_once()
+            except Exception:
+                log.exception("job queue unavailable; retrying shortly")
+                worked = False
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self._idle_poll_s)
+
+    async def run_once(self) -> bool:
+        """Claim and run one due job; ``False`` when none was due."""
+        job = await self._jobs.claim()
+        if job is None:
+            return False
+        handler = self._handlers.get(job.kind)
+        if handler is None:
+            await self._jobs.bury(job, error=f"no handler for kind {job.kind!r}")
+            return True
+        try:
+            await handler(job)
+        except Exception as error:
+            await self._fail(job, error)
+        else:
+            await self._jobs.complete(job)
+        return True
+
+    async def _fail(self, job: Job, error: Exception) -> None:
+        permanent = isinstance(error, WeChatAPIError) and error.errcode in _PERMANENT_ERRCODES
+        description = f"{type(error).__name__}: {error}"
+        if permanent or job.attempts >= self._retry.max_attempts:
+            log.error("job %s (%s) failed for good: %s", job.job_id, job.kind, description)
+            await self._jobs.bury(job, error=description)
+            return
+        if not isinstance(error, UpstreamError):
+            log.exception("job %s (%s) failed", job.job_id, job.kind, exc_info=error)
+        delay = self._retry.delay(job.attempts)
+        if isinstance(error, UpstreamError) and error.retry_after:
+            delay = max(delay, error.retry_after)
+        await self._jobs.retry(job, delay_s=delay, error=description)
+
+    async def _send_text(self, job: Job) -> None:
+        openid = str(job.payload["openid"])
+        parts = [str(part) for part in job.payload["texts"]]
+        for index, part in enumerate(parts):
+            try:
+                await self._wechat.send_text(openid, part)
+            except WeChatAPIError as error:
+                if error.errcode == _OUT_OF_WINDOW and self._notice_template_id:
+                    await self._wechat.send_template(
+                        openid, self._notice_template_id, {"first": {"value": part[:100]}}, None
+                    )
+                    return
+                self._keep_unsent(job, parts, index)
+                raise
+            except Exception:
+                self._keep_unsent(job, parts, index)
+                raise
+
+    @staticmethod
+    def _keep_unsent(job: Job, parts: list[str], index: int) -> None:
+        # The retried job sends only what did not go out (the payload is stored on retry).
+        job.payload["texts"] = parts[index:]
+
+    async def _fetch_media(self, job: Job) -> None:
+        media_id = str(job.payload["media_id"])
+        now = datetime.now(UTC)
+        await case_store.media_blob_pending(
+            self._db, media_id, str(job.payload["openid"]), str(job.payload["kind"]), now
+        )
+        try:
+            media = await self._wechat.download_media(media_id, max_bytes=self._max_media_bytes)
+        except WeChatAPIError as error:
+            if error.errcode in _PERMANENT_ERRCODES:
+                await case_store.media_blob_failed(self._db, media_id, str(error), now)
+            raise
+        blob = await self._evidence.put(
+            media.content, suffix=_MEDIA_SUFFIXES.get(media.content_type, "")
+        )
+        await case_store.media_blob_stored(
+            self._db,
+            media_id,
+            blob.key,
+            blob.sha256,
+            blob.size,
+            media.content_type,
+            datetime.now(UTC),
+        )
+
+    async def _record_callback(self, job: Job) -> None:
+        payload: dict[str, Any] = job.payload
+        await case_store.record_callback_request(
+            self._db,
+            str(payload["openid"]),
+            payload.get("step"),
+            str(payload.get("note") or ""),
+            datetime.fromisoformat(str(payload["at"])),
+        )

@@ -1,0 +1,239 @@
+"""Runs one resident's message through the intake flow and carries out what the flow decides.
+
+The flow (``flows.engine.advance``) is pure; this module is its edge. For each message:
+take the resident's turn through the :class:`state.message_gate.MessageGate` (dedupe + ordering +
+stored conversation), advance the flow, perform its effects — opening a case and listing cases
+feed their result back into the flow; evidence downloads and call-back requests go to the job
+queue so that the reply is not held up — then commit the new conversation and the reply.
+
+The stored conversation is sealed (AES-GCM) because it holds personal data: names, phones, the
+ID number. Its transcript masks ID numbers before they are stored at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from flows.engine import advance
+
+from bot.inbound import InboundMessage
+from flows import effects, events
+from flows.conversation_state import ConversationState
+from flows.intake import INTAKE_FLOW
+from jiefen.errors import ConfigurationError
+from state.job_queue import JobQueue
+from state.message_gate import Duplicate, GateKeys, MessageGate, Turn
+from state.personal_data import redact_id_numbers
+
+log = logging.getLogger(__name__)
+
+#: The intake transcript kept with a conversation is capped; older lines are dropped first.
+TRANSCRIPT_LIMIT = 400
+#: Associated data of the sealed conversation: a token sealed for another purpose won't open.
+CONVERSATION_PURPOSE = "conversation"
+
+JOB_FETCH_MEDIA = "wechat.fetch_media"
+JOB_SEND_TEXT = "wechat.send_text"
+JOB_CALLBACK_REQUEST = "intake.callback_request"
+
+
+class CaseDesk(Protocol):
+    """What the conversation needs from the case side (implemented by ``cases.service``)."""
+
+    async def open_case(
+        self, draft: Any, *, openid: str, intake: list[dict[str, str]], now: datetime
+    ) -> events.CaseCreated | events.CaseCreationFailed: ...
+
+    async def list_cases(self, openid: str) -> events.CasesListed: ...
+
+
+class Sealer(Protocol):
+    """Authenticated encryption of text (``state.personal_data.PersonalDataProtector``)."""
+
+    def encrypt(self, plaintext: str, *, purpose: str) -> str: ...
+
+    def decrypt(self, token: str, *, purpose: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """A message handled now: ``reply`` is the whole reply text ('' when none is owed)."""
+
+    keys: GateKeys
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadySeen:
+    """A retry of a message handled (or being handled) elsewhere."""
+
+    keys: GateKeys
+    duplicate: Duplicate
+
+
+@dataclass(slots=True)
+class StoredConversation:
+    """What the gate stores per resident: the flow state and the intake transcript."""
+
+    flow_state: ConversationState
+    transcript: list[dict[str, str]] = field(default_factory=list)
+
+    def dump(self) -> str:
+        return json.dumps(
+            {"v": 1, "flow": self.flow_state.to_dict(), "transcript": self.transcript},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def load(cls, raw: str) -> StoredConversation:
+        """Parse a stored conversation; anything unreadable starts afresh (and is logged)."""
+        if not raw:
+            return cls(ConversationState.initial())
+        try:
+            data = json.loads(raw)
+            transcript = [dict(line) for line in data.get("transcript", [])][-TRANSCRIPT_LIMIT:]
+            return cls(ConversationState.from_dict(data["flow"]), transcript)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("unreadable stored conversation; starting afresh")
+            return cls(ConversationState.initial())
+
+    def record(self, direction: str, msg_type: str, content: str, at: datetime) -> None:
+        self.transcript.append(
+            {"d": direction, "t": msg_type, "c": redact_id_numbers(content), "at": at.isoformat()}
+        )
+        del self.transcript[:-TRANSCRIPT_LIMIT]
+
+
+class ConversationService:
+    """Handles inbound messages one at a time per resident (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        gate: MessageGate,
+        jobs: JobQueue,
+        desk: CaseDesk,
+        sealer: Sealer,
+        turn_timeout_s: float = 30.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._gate = gate
+        self._jobs = jobs
+        self._desk = desk
+        self._sealer = sealer
+        self._turn_timeout_s = turn_timeout_s
+        self._clock = clock
+
+    async def process(self, inbound: InboundMessage) -> Processed | AlreadySeen:
+        """Handle ``inbound`` exactly once across retries and processes.
+
+        On any failure the turn is released and the dedupe record dropped, so that WeChat's
+        retry of the same message is handled afresh: nothing the resident sent is lost.
+        """
+        keys = self._gate.keys(inbound.account, inbound.openid, inbound.message_key)
+        begun = await self._gate.begin(keys)
+        if isinstance(begun, Duplicate):
+            return AlreadySeen(keys, begun)
+        turn = begun
+        try:
+            if not turn.ready:
+                turn = await self._gate.wait_turn(keys, turn, timeout_s=self._turn_timeout_s)
+            conversation = self._open(turn)
+            reply = await self._run_flow(inbound, conversation)
+            stored = (
+                b""
+                if _is_blank(conversation)
+                else self._sealer.encrypt(
+                    conversation.dump(), purpose=CONVERSATION_PURPOSE
+                ).encode()
+            )
+            await self._gate.commit(keys, turn, conversation=stored, reply=reply)
+        except BaseException:
+            await asyncio.shield(self._release_quietly(keys, turn))
+            raise
+        return Processed(keys, reply)
+
+    async def mark_pushed(self, keys: GateKeys) -> None:
+        await self._gate.mark_pushed(keys)
+
+    async def read_duplicate(self, keys: GateKeys) -> Duplicate | None:
+        return await self._gate.read_dedupe(keys)
+
+    def _open(self, turn: Turn) -> StoredConversation:
+        if not turn.conversation:
+            return StoredConversation(ConversationState.initial())
+        try:
+            token = turn.conversation.decode()
+            return StoredConversation.load(
+                self._sealer.decrypt(token, purpose=CONVERSATION_PURPOSE)
+            )
+        except (ValueError, ConfigurationError):
+            log.warning("stored conversation cannot be unsealed (key rotated?); starting afresh")
+            return StoredConversation(ConversationState.initial())
+
+    async def _run_flow(self, inbound: InboundMessage, conversation: StoredConversation) -> str:
+        now = self._clock()
+        conversation.record("in", inbound.msg_type, inbound.transcript_text, now)
+        state, pending = advance(INTAKE_FLOW, conversation.flow_state, inbound.event, now)
+        queue = list(pending)
+        replies: list[str] = []
+        while queue:
+            effect = queue.pop(0)
+            feedback: events.Event | None = None
+            if isinstance(effect, effects.Reply):
+                replies.append(effect.text)
+                conversation.record("out", "text", effect.text, now)
+            elif isinstance(effect, effects.CreateCase):
+                feedback = await self._desk.open_case(
+                    effect.draft,
+                    openid=inbound.openid,
+                    intake=list(conversation.transcript),
+                    now=now,
+                )
+            elif isinstance(effect, effects.ListCases):
+                feedback = await self._desk.list_cases(inbound.openid)
+            elif isinstance(effect, effects.FetchMedia):
+                await self._jobs.enqueue(
+                    JOB_FETCH_MEDIA,
+                    {
+                        "media_id": effect.media_id,
+                        "kind": effect.kind.value,
+                        "openid": inbound.openid,
+                    },
+                    job_id=f"media:{effect.media_id}",
+                )
+            elif isinstance(effect, effects.RequestHuman):
+                await self._jobs.enqueue(
+                    JOB_CALLBACK_REQUEST,
+                    {
+                        "openid": inbound.openid,
+                        "step": effect.step,
+                        "note": effect.note,
+                        "at": now.isoformat(),
+                    },
+                )
+            if feedback is not None:
+                state, more = advance(INTAKE_FLOW, state, feedback, now)
+                queue[0:0] = more
+        conversation.flow_state = state
+        if isinstance(inbound.event, events.Unsubscribe):
+            conversation.transcript.clear()
+        return "\n\n".join(replies)
+
+    async def _release_quietly(self, keys: GateKeys, turn: Turn) -> None:
+        try:
+            await self._gate.release(keys, turn)
+        except Exception:  # Redis itself failing: the turn lease expires on its own
+            log.exception("could not release turn %s", turn.ticket)
+
+
+def _is_blank(conversation: StoredConversation) -> bool:
+    """A conversation worth no storage: back at the start with nothing collected."""
+    return conversation.flow_state == ConversationState.initial() and not conversation.transcript

@@ -1,0 +1,50 @@
+"""Development mode: the fake WeChat API served inside ``jiefen serve``, for ``jiefen chat``.
+
+With the built-in development account, ``jiefen serve`` has no real WeChat to talk to, so it
+mounts :class:`bot.fake_wechat_api.FakeWeChatAPI` under ``/dev/wechat-api`` and points its own
+WeChat client there. Two extra endpoints let the terminal user see what the bot pushed and give
+it media to fetch, the way the WeChat app would:
+
+- ``GET  /dev/wechat-api/_sent?touser=OPENID&after=N`` — customer-service messages sent to the
+  user after the first ``N``, as JSON ``{"total": T, "messages": [text, ...]}``;
+- ``POST /dev/wechat-api/_media?media_id=ID&type=image/jpeg`` — register media content.
+
+Never mounted for a real account (any other ``JIEFEN_WECHAT_APPID`` or API base).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.fake_wechat_api import FakeWeChatAPI
+
+#: Uploads through the dev endpoint are capped like a real WeChat image.
+_MAX_DEV_MEDIA_BYTES = 10 * 1024 * 1024
+
+
+def make_dev_wechat_app(fake: FakeWeChatAPI) -> web.Application:
+    """The fake WeChat API plus the inspection endpoints described in the module docstring."""
+    app = fake.make_app()
+
+    async def sent(request: web.Request) -> web.Response:
+        touser = request.query.get("touser", "")
+        try:
+            after = max(0, int(request.query.get("after", "0")))
+        except ValueError:
+            return web.json_response({"error": "after must be a number"}, status=400)
+        texts = [message.content or "" for message in fake.sent if message.touser == touser]
+        return web.json_response({"total": len(texts), "messages": texts[after:]})
+
+    async def media(request: web.Request) -> web.Response:
+        media_id = request.query.get("media_id", "")
+        if not media_id:
+            return web.json_response({"error": "media_id is required"}, status=400)
+        content = await request.content.read(_MAX_DEV_MEDIA_BYTES + 1)
+        if len(content) > _MAX_DEV_MEDIA_BYTES:
+            return web.json_response({"error": "too large"}, status=413)
+        fake.add_media(media_id, content, request.query.get("type", "image/jpeg"))
+        return web.json_response({"media_id": media_id, "size": len(content)})
+
+    app.router.add_get("/_sent", sent)
+    app.router.add_post("/_media", media)
+    return app

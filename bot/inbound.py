@@ -1,0 +1,201 @@
+"""Inbound WeChat pushes: verify, decrypt and parse them into typed messages; render replies.
+
+This is the only place that touches WeChat's wire format on the way in. Every check that can
+refuse a push lives here, in order: size (done by the caller while reading), timestamp, signature,
+decryption (safe and compatible modes), XML parsing. Each failure raises a
+:class:`jiefen.errors.RequestRejected` subclass; nothing here writes state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from wechatpy import parse_message
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.replies import TextReply
+
+from cases.draft import EvidenceKind
+from config.settings import Settings
+from flows import events
+from jiefen.errors import BadSignature, MalformedMessage, StaleRequest
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One push from WeChat, parsed.
+
+    ``message_key`` identifies the push across WeChat's retries: the ``MsgId`` of a message, or
+    sender + ``CreateTime`` + event name of an event (events have no ``MsgId``).
+    ``transcript_text`` is what the intake transcript records for it.
+    """
+
+    account: str
+    openid: str
+    created_at: int
+    message_key: str
+    msg_type: str
+    event: events.Event
+    transcript_text: str
+    encrypted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCodec:
+    """Verifies and decodes pushes for one Official Account, and encodes replies to them."""
+
+    token: str
+    appid: str
+    aes_key: str
+    timestamp_tolerance_s: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookCodec:
+        return cls(
+            token=settings.wechat_token,
+            appid=settings.wechat_appid,
+            aes_key=settings.wechat_aes_key,
+            timestamp_tolerance_s=settings.wechat_timestamp_tolerance_s,
+        )
+
+    def verify_url(self, params: Mapping[str, str]) -> str:
+        """Answer WeChat's URL check: return ``echostr`` if the signature is right."""
+        self._check_signature(params)
+        return params.get("echostr", "")
+
+    def decode(
+        self, params: Mapping[str, str], body: bytes, *, now: float | None = None
+    ) -> InboundMessage:
+        """Check and parse one push. Raises ``StaleRequest``, ``BadSignature`` or
+        ``MalformedMessage``; never anything else."""
+        self._check_timestamp(params, time.time() if now is None else now)
+        self._check_signature(params)
+        encrypted = params.get("encrypt_type", "raw").lower() == "aes"
+        xml = self._decrypt(params, body) if encrypted else body
+        try:
+            message = parse_message(xml)
+            return _to_inbound(message, encrypted=encrypted)
+        except MalformedMessage:
+            raise
+        except Exception as error:  # wechatpy/xmltodict/expat raise many types on bad XML
+            raise MalformedMessage(f"unparseable push: {type(error).__name__}") from error
+
+    def encode_reply(
+        self, inbound: InboundMessage, text: str, *, nonce: str, timestamp: int | None = None
+    ) -> str:
+        """Render a passive text reply to ``inbound`` (encrypted if the push was)."""
+        reply = TextReply(source=inbound.account, target=inbound.openid, content=escape_cdata(text))
+        xml: str = reply.render()
+        if not inbound.encrypted:
+            return xml
+        crypto = WeChatCrypto(self.token, self.aes_key, self.appid)
+        encoded: str = crypto.encrypt_message(xml, nonce, str(timestamp or int(time.time())))
+        return encoded
+
+    def _check_timestamp(self, params: Mapping[str, str], now: float) -> None:
+        try:
+            sent = int(params.get("timestamp", ""))
+        except ValueError:
+            raise BadSignature("missing or non-numeric timestamp") from None
+        if abs(now - sent) > self.timestamp_tolerance_s:
+            raise StaleRequest(f"timestamp {sent} is {int(now - sent)} s from now")
+
+    def _check_signature(self, params: Mapping[str, str]) -> None:
+        parts = sorted([self.token, params.get("timestamp", ""), params.get("nonce", "")])
+        expected = hashlib.sha1("".join(parts).encode()).hexdigest()
+        if not hmac.compare_digest(expected, params.get("signature", "")):
+            raise BadSignature("signature does not match")
+
+    def _decrypt(self, params: Mapping[str, str], body: bytes) -> str:
+        if not self.aes_key:
+            raise MalformedMessage("encrypted push but no EncodingAESKey is configured")
+        crypto = WeChatCrypto(self.token, self.aes_key, self.appid)
+        try:
+            plaintext: str = crypto.decrypt_message(
+                body, params.get("msg_signature", ""), params["timestamp"], params.get("nonce", "")
+            )
+        except Exception as error:  # bad XML, bad signature, bad padding, wrong appid...
+            if type(error).__name__ == "InvalidSignatureException":
+                raise BadSignature("msg_signature does not match") from error
+            raise MalformedMessage(f"cannot decrypt push: {type(error).__name__}") from error
+        return plaintext
+
+
+def escape_cdata(text: str) -> str:
+    """Make ``text`` safe inside one CDATA section: split any ``]]>`` across two sections."""
+    return text.replace("]]>", "]]]]><![CDATA[>")
+
+
+_MEDIA_KINDS = {
+    "image": EvidenceKind.IMAGE,
+    "video": EvidenceKind.VIDEO,
+    "shortvideo": EvidenceKind.VIDEO,
+}
+_TRANSCRIPT_LABELS = {
+    "image": "[图片]",
+    "video": "[视频]",
+    "shortvideo": "[小视频]",
+    "link": "[链接]",
+}
+
+
+def _to_inbound(message: Any, *, encrypted: bool) -> InboundMessage:
+    msg_type = str(getattr(message, "type", "") or "unknown").lower()
+    account = str(getattr(message, "target", "") or "")
+    openid = str(getattr(message, "source", "") or "")
+    if not openid or not account:
+        raise MalformedMessage("push without FromUserName/ToUserName")
+    try:
+        created_at = int(message.create_time.timestamp())
+    except (AttributeError, TypeError, ValueError, OverflowError, OSError):
+        raise MalformedMessage("push without a valid CreateTime") from None
+    event, transcript_text = _to_event(message, msg_type)
+    if msg_type == "event":
+        message_key = f"event:{openid}:{created_at}:{getattr(message, 'event', '')}"
+    else:
+        msg_id = getattr(message, "id", None)
+        message_key = f"msg:{msg_id}" if msg_id else f"msg:{openid}:{created_at}:{msg_type}"
+    return InboundMessage(
+        account=account,
+        openid=openid,
+        created_at=created_at,
+        message_key=message_key,
+        msg_type=msg_type,
+        event=event,
+        transcript_text=transcript_text,
+        encrypted=encrypted,
+    )
+
+
+def _to_event(message: Any, msg_type: str) -> tuple[events.Event, str]:
+    if msg_type == "text":
+        content = str(message.content or "")
+        return events.Text(content), content
+    if msg_type == "voice":
+        recognition = (message.recognition or "").strip() or None
+        label = f"[语音] {recognition}" if recognition else "[语音]"
+        return events.Voice(str(message.media_id), recognition), label
+    if msg_type in _MEDIA_KINDS:
+        return events.Media(str(message.media_id), _MEDIA_KINDS[msg_type]), _TRANSCRIPT_LABELS[
+            msg_type
+        ]
+    if msg_type == "location":
+        try:
+            latitude = float(message.location_x)
+            longitude = float(message.location_y)
+        except (TypeError, ValueError):
+            raise MalformedMessage("location without coordinates") from None
+        label = str(message.label or "").strip() or f"{latitude:.5f},{longitude:.5f}"
+        return events.Location(label, latitude, longitude), f"[位置] {label}"
+    if msg_type == "event":
+        name = str(getattr(message, "event", "") or "").lower()
+        if name in ("subscribe", "subscribe_scan"):
+            return events.Subscribe(), "[关注]"
+        if name == "unsubscribe":
+            return events.Unsubscribe(), "[取消关注]"
+        return events.Unsupported(f"event:{name}"), f"[事件 {name}]"
+    return events.Unsupported(msg_type), _TRANSCRIPT_LABELS.get(msg_type, f"[{msg_type}]")

@@ -1,0 +1,155 @@
+"""The WeChat webhook: ``GET /wechat`` (URL check) and ``POST /wechat`` (pushes).
+
+A push is answered within WeChat's 5 s window: passively with the reply when it is ready within
+``passive_reply_deadline_s`` (~4 s), else with ``success`` while the reply, when it is ready, goes
+out through the customer-service API by the outbox. The hand-over between the two paths is a
+future that exactly one side settles, so a reply is never given both ways nor lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from bot import texts
+from bot.conversation import JOB_SEND_TEXT, AlreadySeen, ConversationService, Processed
+from bot.inbound import InboundMessage, WebhookCodec
+from bot.reply_text import split_for_wechat
+from jiefen.errors import PayloadTooLarge, RequestRejected
+from state.job_queue import JobQueue
+from state.message_gate import Duplicate
+
+log = logging.getLogger(__name__)
+
+_SUCCESS = web.Response(text="success", content_type="text/plain")
+
+
+class WebhookHandler:
+    """aiohttp handlers for one Official Account's webhook."""
+
+    def __init__(
+        self,
+        *,
+        codec: WebhookCodec,
+        service: ConversationService,
+        jobs: JobQueue,
+        max_body_bytes: int,
+        passive_deadline_s: float,
+    ) -> None:
+        self._codec = codec
+        self._service = service
+        self._jobs = jobs
+        self._max_body_bytes = max_body_bytes
+        self._passive_deadline_s = passive_deadline_s
+        #: Background tasks still finishing after their request was answered.
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def verify(self, request: web.Request) -> web.Response:
+        try:
+            echostr = self._codec.verify_url(request.query)
+        except RequestRejected as error:
+            log.warning("webhook URL check refused: %s", error)
+            return web.Response(status=error.status, text="forbidden")
+        return web.Response(text=echostr, content_type="text/plain")
+
+    async def receive(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        try:
+            body = await self._read_body(request)
+            inbound = self._codec.decode(request.query, body)
+        except RequestRejected as error:
+            log.warning("webhook push refused (%s): %s", type(error).__name__, error)
+            return web.Response(status=error.status, text=type(error).__name__)
+        settled: asyncio.Future[Processed | AlreadySeen] = (
+            asyncio.get_running_loop().create_future()
+        )
+        task = asyncio.create_task(self._process(inbound, settled))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        remaining = self._passive_deadline_s - (time.monotonic() - started)
+        await asyncio.wait([settled], timeout=max(remaining, 0.0))
+        if not settled.done():
+            settled.cancel()  # from now on the reply (if any) is pushed: see _process
+            return _SUCCESS
+        if settled.exception() is not None:
+            return web.Response(status=500, text="retry")
+        outcome = settled.result()
+        if isinstance(outcome, AlreadySeen):
+            return await self._answer_retry(inbound, outcome, started)
+        return self._answer(inbound, outcome.reply)
+
+    async def drain(self) -> None:
+        """Wait for replies still being computed (at shutdown)."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=10)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self._max_body_bytes:
+            raise PayloadTooLarge(f"declared {request.content_length} bytes")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(16384):
+            body += chunk
+            if len(body) > self._max_body_bytes:
+                raise PayloadTooLarge(f"over {self._max_body_bytes} bytes")
+        return bytes(body)
+
+    async def _process(
+        self, inbound: InboundMessage, settled: asyncio.Future[Processed | AlreadySeen]
+    ) -> None:
+        """Handle ``inbound``; hand the outcome to the waiting request, or push it if it left."""
+        try:
+            outcome = await self._service.process(inbound)
+        except Exception as error:
+            log.exception("handling %s from a resident failed", inbound.message_key)
+            if not settled.done():
+                settled.set_exception(error)
+                settled.exception()  # retrieved: the request answers 500 so WeChat retries
+            else:
+                await self._push_quietly(inbound.openid, [texts.MESSAGE_NOT_HANDLED])
+            return
+        if not settled.done():
+            settled.set_result(outcome)
+            return
+        if isinstance(outcome, Processed) and outcome.reply:
+            await self._push_quietly(inbound.openid, split_for_wechat(outcome.reply))
+            await self._service.mark_pushed(outcome.keys)
+
+    def _answer(self, inbound: InboundMessage, reply: str) -> web.Response:
+        parts = split_for_wechat(reply)
+        if not parts:
+            return _SUCCESS
+        if len(parts) > 1:
+            # The rest follows by push; the first part is the passive reply.
+            task = asyncio.create_task(self._push_quietly(inbound.openid, parts[1:]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        xml = self._codec.encode_reply(inbound, parts[0], nonce=secrets.token_hex(8))
+        return web.Response(text=xml, content_type="application/xml")
+
+    async def _answer_retry(
+        self, inbound: InboundMessage, seen: AlreadySeen, started: float
+    ) -> web.Response:
+        """A retry: give the first delivery's passive reply again, never handle it twice."""
+        duplicate: Duplicate | None = seen.duplicate
+        while duplicate is not None and duplicate.pending:
+            if time.monotonic() - started >= self._passive_deadline_s:
+                return _SUCCESS  # the first delivery pushes its reply when it is done
+            await asyncio.sleep(0.05)
+            duplicate = await self._service.read_duplicate(seen.keys)
+        if duplicate is None or duplicate.reply is None:
+            return _SUCCESS
+        parts = split_for_wechat(duplicate.reply)
+        if not parts:
+            return _SUCCESS
+        xml = self._codec.encode_reply(inbound, parts[0], nonce=secrets.token_hex(8))
+        return web.Response(text=xml, content_type="application/xml")
+
+    async def _push_quietly(self, openid: str, parts: list[str]) -> None:
+        try:
+            await self._jobs.enqueue(JOB_SEND_TEXT, {"openid": openid, "texts": parts})
+        except Exception:
+            log.exception("could not queue a pushed reply")

@@ -1,0 +1,109 @@
+"""A conversational flow declared as data: an ordered list of steps, each with its question.
+
+The engine (:mod:`flows.engine`) interprets a :class:`Flow`; nothing here acts. Adding a
+question to the intake is adding a :class:`Step` to :data:`flows.intake.INTAKE_FLOW`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cases.draft import CaseDraft
+from flows.conversation_state import AnswerValue, ConversationState
+from flows.events import Location
+
+#: Parses one answer: the raw text and today's date in, the value out; raises InvalidInput.
+Parser = Callable[[str, datetime.date], AnswerValue]
+
+
+class StepKind(enum.Enum):
+    """How the engine treats a step's answers."""
+
+    #: ``parse`` returns a bool; False ends the conversation at once and keeps nothing.
+    CONSENT = "consent"
+    #: ``parse`` returns the value kept under ``key``.
+    ANSWER = "answer"
+    #: Media and voice messages are collected as evidence; ``parse`` recognises «完成».
+    MEDIA = "media"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One question of a flow.
+
+    ``label`` names the item in the summary (steps without one, like consent, are not listed
+    and cannot be edited with 修改 N); ``show`` renders the kept value there (and when the
+    question is asked again), ``acknowledge`` the optional line confirming a fresh answer.
+    ``from_location`` accepts a WeChat location as the answer; ``voice_key`` makes a voice
+    message's media id be kept under that answer key (and fetched) besides its recognition.
+    """
+
+    key: str
+    prompt: str
+    example: str
+    help: str
+    parse: Parser
+    kind: StepKind = StepKind.ANSWER
+    label: str | None = None
+    show: Callable[[Any], str] = str
+    acknowledge: Callable[[Any], str] | None = None
+    from_location: Callable[[Location], AnswerValue] | None = None
+    voice_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """An ordered set of steps and how their answers become a :class:`CaseDraft`.
+
+    ``build_draft`` is only called once every ANSWER/CONSENT step has an answer; it may raise
+    ``ValueError``/``TypeError`` for a state whose answers do not fit (a corrupted store).
+    ``contact_key`` names the answer holding the resident's phone, passed on to staff with a
+    callback request; ``evidence_limit`` bounds the evidence kept in one conversation state.
+    """
+
+    name: str
+    steps: tuple[Step, ...]
+    build_draft: Callable[[ConversationState], CaseDraft]
+    contact_key: str | None = None
+    evidence_limit: int = 50
+
+    def __post_init__(self) -> None:
+        keys = [step.key for step in self.steps]
+        if not keys:
+            raise ValueError("a flow needs steps")
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"flow {self.name}: duplicate step keys")
+
+    @property
+    def first(self) -> Step:
+        return self.steps[0]
+
+    @property
+    def items(self) -> tuple[Step, ...]:
+        """The steps listed (and numbered from 1) in the summary."""
+        return tuple(step for step in self.steps if step.label is not None)
+
+    def has_step(self, key: str) -> bool:
+        return any(step.key == key for step in self.steps)
+
+    def step(self, key: str) -> Step:
+        for step in self.steps:
+            if step.key == key:
+                return step
+        raise KeyError(f"flow {self.name} has no step {key!r}")
+
+    def after(self, key: str) -> Step | None:
+        """The step that follows ``key``, or ``None`` after the last."""
+        index = [step.key for step in self.steps].index(key)
+        return self.steps[index + 1] if index + 1 < len(self.steps) else None
+
+    def item_number(self, key: str) -> int | None:
+        """The summary number (1-based) of step ``key``, or ``None`` when it is not listed."""
+        for number, step in enumerate(self.items, 1):
+            if step.key == key:
+                return number
+        return None

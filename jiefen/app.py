@@ -1,0 +1,191 @@
+"""The composition root: ``create_app(settings)`` builds the whole service from its settings.
+
+Resources (database engine, Redis, the WeChat API client, the background worker) are made in
+one cleanup context, in dependency order, and closed in reverse. Nothing here holds logic of its
+own: it wires the packages together and exposes them to handlers as typed ``web.AppKey`` state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import redis.asyncio as aioredis
+import sqlalchemy
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.background_jobs import BackgroundJobs
+from bot.conversation import ConversationService
+from bot.dev_wechat import make_dev_wechat_app
+from bot.fake_wechat_api import FakeWeChatAPI
+from bot.inbound import WebhookCodec
+from bot.web_webhook import WebhookHandler
+from bot.wechat_api import WeChatAPIClient
+from cases.service import CaseService
+from cases.working_days import parse_holidays
+from config.routing import load_routing_table
+from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
+from state import case_store
+from state.blob_store import LocalBlobStore
+from state.db import create_engine, migrate
+from state.job_queue import JobQueue
+from state.message_gate import MessageGate
+from state.personal_data import PersonalDataProtector, load_or_create_data_key
+from state.redis_connection import connect_redis
+
+log = logging.getLogger(__name__)
+
+#: Where the development WeChat API stand-in is mounted when the dev account is in use.
+DEV_WECHAT_API_PATH = "/dev/wechat-api"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The long-lived objects of one running process."""
+
+    settings: Settings
+    db: AsyncEngine
+    redis: aioredis.Redis
+    jobs: JobQueue
+    cases: CaseService
+    webhook: WebhookHandler
+    background: BackgroundJobs
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+FAKE_WECHAT = web.AppKey("fake_wechat", FakeWeChatAPI)
+
+
+def uses_dev_wechat(settings: Settings) -> bool:
+    """True when the built-in development account talks to the built-in WeChat API stand-in."""
+    return settings.wechat_appid == DEV_WECHAT_APPID and settings.wechat_api_base == WECHAT_API_BASE
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the aiohttp application for ``settings`` (resources open when it starts)."""
+    app = web.Application(client_max_size=settings.wechat_max_body_bytes * 4)
+    app[SETTINGS] = settings
+    if uses_dev_wechat(settings):
+        fake = FakeWeChatAPI(appid=settings.wechat_appid, secret=settings.wechat_secret)
+        app[FAKE_WECHAT] = fake
+        app.add_subapp(DEV_WECHAT_API_PATH, make_dev_wechat_app(fake))
+    app.cleanup_ctx.append(_services)
+    app.router.add_get("/", _index)
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/wechat", _webhook_verify)
+    app.router.add_post("/wechat", _webhook_receive)
+    return app
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(migrate, settings.resolved_database_url)
+    db = create_engine(settings.resolved_database_url)
+    redis = connect_redis(settings)
+    http = aiohttp.ClientSession()
+    stop = asyncio.Event()
+    worker: asyncio.Task[None] | None = None
+    try:
+        routing = load_routing_table(settings.routing_file)
+        await case_store.sync_organisations(db, routing)
+        protector = PersonalDataProtector(load_or_create_data_key(settings))
+        jobs = JobQueue(redis, prefix=settings.redis_prefix)
+        cases = CaseService(
+            db=db,
+            routing=routing,
+            holidays=parse_holidays(settings.holidays),
+            protector=protector,
+        )
+        api_base = settings.wechat_api_base
+        if uses_dev_wechat(settings):
+            api_base = settings.resolved_public_url.rstrip("/") + DEV_WECHAT_API_PATH
+        wechat = WeChatAPIClient(
+            http,
+            redis,
+            api_base=api_base,
+            appid=settings.wechat_appid,
+            secret=settings.wechat_secret,
+            key_prefix=settings.redis_prefix,
+        )
+        gate = MessageGate(
+            redis,
+            prefix=settings.redis_prefix,
+            conversation_ttl_s=settings.conversation_ttl_days * 24 * 3600,
+        )
+        conversation = ConversationService(gate=gate, jobs=jobs, desk=cases, sealer=protector)
+        webhook = WebhookHandler(
+            codec=WebhookCodec.from_settings(settings),
+            service=conversation,
+            jobs=jobs,
+            max_body_bytes=settings.wechat_max_body_bytes,
+            passive_deadline_s=settings.passive_reply_deadline_s,
+        )
+        background = BackgroundJobs(
+            jobs=jobs,
+            wechat=wechat,
+            db=db,
+            evidence=LocalBlobStore(settings.evidence_dir),
+            max_media_bytes=settings.max_media_bytes,
+            notice_template_id=settings.wechat_notice_template_id,
+        )
+        app[SERVICES] = Services(
+            settings=settings,
+            db=db,
+            redis=redis,
+            jobs=jobs,
+            cases=cases,
+            webhook=webhook,
+            background=background,
+        )
+        if settings.embedded_worker:
+            worker = asyncio.create_task(background.run(stop), name="embedded-worker")
+        yield
+    finally:
+        stop.set()
+        if worker is not None:
+            await worker
+        if SERVICES in app:
+            await app[SERVICES].webhook.drain()
+        await http.close()
+        await redis.aclose()
+        await db.dispose()
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(
+        text="解纷 Jiefen 在线调解服务正在运行。微信公众号消息入口：/wechat",
+        content_type="text/plain",
+    )
+
+
+async def _health(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            await services.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as error:
+        checks["redis"] = f"down: {type(error).__name__}"
+    try:
+        async with asyncio.timeout(2), services.db.connect() as connection:
+            await connection.execute(sqlalchemy.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as error:
+        checks["database"] = f"down: {type(error).__name__}"
+    healthy = all(value == "ok" for value in checks.values())
+    return web.json_response(checks, status=200 if healthy else 503)
+
+
+async def _webhook_verify(request: web.Request) -> web.Response:
+    return await request.app[SERVICES].webhook.verify(request)
+
+
+async def _webhook_receive(request: web.Request) -> web.Response:
+    return await request.app[SERVICES].webhook.receive(request)

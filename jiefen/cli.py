@@ -1,0 +1,205 @@
+"""The ``jiefen`` command: ``serve``, ``worker``, ``chat``, ``admin`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from config.settings import Settings
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler = args.handler
+    return int(handler(settings, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jiefen", description="解纷 Jiefen 在线调解平台")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the web service (and, embedded, the worker)")
+    serve.add_argument("--host", help="listen address (default JIEFEN_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default JIEFEN_PORT or 8080)")
+    serve.add_argument(
+        "--role",
+        choices=["all", "web"],
+        default="all",
+        help="all: web + background jobs in one process; web: web only (run `jiefen worker`)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run background jobs (outbox, evidence fetch)")
+    worker.set_defaults(handler=_worker)
+
+    chat = commands.add_parser("chat", help="talk to the bot from this terminal as a WeChat user")
+    chat.add_argument("--url", help="the server (default: the one `jiefen serve` runs)")
+    chat.add_argument("--openid", default="o_terminal_user_0001", help="the simulated user")
+    chat.add_argument("--mode", choices=["plain", "compat", "safe"], default="safe")
+    chat.set_defaults(handler=_chat)
+
+    admin = commands.add_parser("admin", help="inspect organisations, routing, cases and jobs")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    routing = admin_commands.add_parser("routing", help="show organisations and routing rules")
+    routing.set_defaults(handler=_admin_routing)
+    case = admin_commands.add_parser("case", help="show one case (personal data masked)")
+    case.add_argument("case_no")
+    case.set_defaults(handler=_admin_case)
+    dead = admin_commands.add_parser("dead-jobs", help="list background jobs that failed for good")
+    dead.set_defaults(handler=_admin_dead_jobs)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    webhook = bench_commands.add_parser("webhook", help="drive simulated users through intake")
+    webhook.add_argument("--url", help="an already running server (default: start one)")
+    webhook.add_argument("--users", type=int, default=200, help="simulated residents")
+    webhook.add_argument("--concurrency", type=int, default=32, help="senders at once")
+    webhook.add_argument("--processes", type=int, default=1, help="server processes to start")
+    webhook.add_argument("--mode", choices=["plain", "compat", "safe"], default="safe")
+    webhook.add_argument("--json", action="store_true", help="print the figures as JSON")
+    webhook.set_defaults(handler=_bench_webhook)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from jiefen.app import create_app, uses_dev_wechat
+
+    updates: dict[str, object] = {"embedded_worker": args.role == "all"}
+    if args.host:
+        updates["host"] = args.host
+    if args.port:
+        updates["port"] = args.port
+    settings = settings.model_copy(update=updates)
+    base = settings.resolved_public_url.rstrip("/")
+    print(f"解纷 Jiefen serving on http://{settings.host}:{settings.port}")
+    print(f"  WeChat webhook : {base}/wechat")
+    print(f"  health         : {base}/healthz")
+    print(f"  database       : {settings.resolved_database_url}")
+    print(f"  redis          : {settings.redis_url or 'in-process stand-in (one process only)'}")
+    if uses_dev_wechat(settings):
+        print(
+            "  WeChat account : built-in development account (fake WeChat API at /dev/wechat-api)"
+        )
+        print("  try it         : run `.venv/bin/jiefen chat` in a second terminal")
+    sys.stdout.flush()
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log_format=ACCESS_LOG_FORMAT,
+        print=None,
+    )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from jiefen.app import create_app
+
+    async def run() -> None:
+        runner = web.AppRunner(create_app(settings.model_copy(update={"embedded_worker": True})))
+        await runner.setup()  # opens every resource and starts the job loop; serves no HTTP
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.chat_terminal import ChatTerminal, default_input, write_line
+    from bot.wechat_simulator import CryptoMode
+    from jiefen.app import DEV_WECHAT_API_PATH
+
+    base = (args.url or settings.resolved_public_url).rstrip("/")
+    terminal = ChatTerminal(
+        settings,
+        webhook_url=f"{base}/wechat",
+        dev_api_url=f"{base}{DEV_WECHAT_API_PATH}",
+        openid=args.openid,
+        mode=CryptoMode(args.mode),
+        write=write_line,
+    )
+    try:
+        return asyncio.run(terminal.run(default_input()))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _admin_routing(settings: Settings, args: argparse.Namespace) -> int:
+    from config.routing import load_routing_table
+
+    table = load_routing_table(settings.routing_file)
+    print("organisations:")
+    for organisation in table.organisations:
+        marker = "  (default)" if organisation == table.default else ""
+        print(f"  {organisation.code:<24} {organisation.name}  {organisation.phone or ''}{marker}")
+    print("rules (first match wins):")
+    for rule in table.rules:
+        print(f"  {rule}")
+    return 0
+
+
+def _admin_case(settings: Settings, args: argparse.Namespace) -> int:
+    from state import case_store
+    from state.db import create_engine
+
+    async def show() -> int:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            record = await case_store.get_case(engine, args.case_no)
+        finally:
+            await engine.dispose()
+        if record is None:
+            print(f"no case {args.case_no}", file=sys.stderr)
+            return 1
+        print(json.dumps(dataclasses.asdict(record), ensure_ascii=False, indent=2, default=str))
+        return 0
+
+    return asyncio.run(show())
+
+
+def _admin_dead_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from state.job_queue import JobQueue
+    from state.redis_connection import connect_redis
+
+    async def show() -> int:
+        redis = connect_redis(settings)
+        try:
+            dead = await JobQueue(redis, prefix=settings.redis_prefix).dead_jobs()
+        finally:
+            await redis.aclose()
+        for job in dead:
+            print(json.dumps(job, ensure_ascii=False))
+        print(f"{len(dead)} dead job(s)", file=sys.stderr)
+        return 0
+
+    return asyncio.run(show())
+
+
+def _bench_webhook(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.bench_webhook import run_benchmark
+
+    return run_benchmark(settings, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

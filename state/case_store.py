@@ -1,0 +1,621 @@
+"""Reading and writing cases and what hangs off them: async functions over an AsyncEngine.
+
+Contract of every function here:
+
+- It takes the application's ``AsyncEngine`` (``state.db.create_engine``) and runs as **one
+  short transaction** of its own (``engine.begin()``): all of it is stored, or none of it.
+- A database that cannot be reached raises ``StorageUnavailable`` (``state.db.storage_errors``);
+  since nothing was committed, the caller can tell the resident to retry and lose nothing.
+- It takes and returns plain frozen dataclasses and ``cases`` enums, never table objects.
+- Times are passed in (``now``), timezone-aware.
+
+Case numbers (``cases.case_number``) come from one counter row per China day, bumped with
+``INSERT … ON CONFLICT (day) DO UPDATE SET last_value = last_value + 1 RETURNING last_value``
+inside the transaction that inserts the case: the row lock serialises concurrent filings
+(across processes too), and a rolled-back filing gives its number back, so a day's numbers are
+consecutive. The unique constraint on ``case_no`` is the backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cases.case_number import CaseNumber, china_day
+from cases.draft import CaseDraft, Category, EvidenceKind
+from cases.routing import Organisation, RoutingTable
+from cases.status import INITIAL_STATUS, CaseStatus, check_transition
+from state.db import storage_errors
+from state.models import (
+    CallbackRequest,
+    Case,
+    CaseNumberCounter,
+    CaseStatusChange,
+    Evidence,
+    IntakeMessage,
+    MediaBlob,
+    Party,
+)
+from state.models import Organisation as OrganisationRow
+from state.personal_data import (
+    ID_NUMBER_PURPOSE,
+    PersonalDataProtector,
+    mask_id_number,
+    normalise_id_number,
+    redact_id_numbers,
+)
+
+log = logging.getLogger(__name__)
+
+APPLICANT = "applicant"
+RESPONDENT = "respondent"
+FACTS_VOICE_TITLE = "事实陈述（语音）"
+# A new case number that collides with an existing one (a counter reset by hand) is retried
+# with the next number this many times before giving up.
+_CASE_NO_ATTEMPTS = 3
+
+
+class MediaStatus:
+    """Values of ``MediaBlob.status``."""
+
+    PENDING = "pending"
+    STORED = "stored"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeLine:
+    """One message of the intake conversation: ``direction`` is ``"in"`` (resident) or ``"out"``."""
+
+    direction: str
+    msg_type: str
+    content: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("in", "out"):
+            raise ValueError(f"direction must be 'in' or 'out', got {self.direction!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedCase:
+    """What the resident is told once the case is stored."""
+
+    case_no: str
+    org_name: str
+    org_phone: str
+    accept_deadline: date
+    status: CaseStatus
+
+
+@dataclass(frozen=True, slots=True)
+class CaseListing:
+    """One line of 「查询」: newest first."""
+
+    case_no: str
+    category: Category
+    status: CaseStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PartyRecord:
+    """A party as staff may see it: the ID number only masked."""
+
+    role: str
+    name: str
+    phone: str | None
+    id_number_masked: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    media_id: str
+    kind: EvidenceKind
+    title: str | None
+    media_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRecord:
+    """A stored case with its parties, evidence, intake conversation and status history."""
+
+    case_no: str
+    status: CaseStatus
+    category: Category
+    org_code: str
+    applicant_openid: str
+    place_text: str
+    place_lat: float | None
+    place_lng: float | None
+    facts: str
+    claim: str
+    amount_yuan: Decimal | None
+    mode: str
+    language: str
+    needs_interpreter: bool
+    accept_deadline: date
+    created_at: datetime
+    updated_at: datetime
+    parties: tuple[PartyRecord, ...]
+    evidence: tuple[EvidenceRecord, ...]
+    intake: tuple[IntakeLine, ...]
+    history: tuple[tuple[CaseStatus | None, CaseStatus, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaBlobRecord:
+    media_id: str
+    openid: str
+    kind: str
+    status: str
+    path: str | None
+    sha256: str | None
+    size: int | None
+    content_type: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _t(model: Any) -> sa.Table:
+    table: sa.Table = model.__table__
+    return table
+
+
+CASES = _t(Case)
+PARTIES = _t(Party)
+EVIDENCE = _t(Evidence)
+MEDIA = _t(MediaBlob)
+INTAKE = _t(IntakeMessage)
+COUNTERS = _t(CaseNumberCounter)
+CHANGES = _t(CaseStatusChange)
+CALLBACKS = _t(CallbackRequest)
+ORGS = _t(OrganisationRow)
+
+
+def _insert(connection: AsyncConnection, table: sa.Table) -> Any:
+    """An INSERT that knows ``ON CONFLICT`` for the connection's backend."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+async def _next_counter(connection: AsyncConnection, day: date) -> int:
+    statement = (
+        _insert(connection, COUNTERS)
+        .values(day=day, last_value=1)
+        .on_conflict_do_update(
+            index_elements=[COUNTERS.c.day], set_={"last_value": COUNTERS.c.last_value + 1}
+        )
+        .returning(COUNTERS.c.last_value)
+    )
+    value: int = (await connection.execute(statement)).scalar_one()
+    return value
+
+
+async def create_case(
+    db: AsyncEngine,
+    draft: CaseDraft,
+    *,
+    applicant_openid: str,
+    organisation: Organisation,
+    accept_deadline: date,
+    intake: Sequence[IntakeLine],
+    protector: PersonalDataProtector,
+    now: datetime,
+) -> CreatedCase:
+    """Store ``draft`` as a new case routed to ``organisation``, numbered for ``now``'s China day.
+
+    One transaction: the number, the case (status ``AWAITING_ACCEPTANCE``, with its two
+    history rows), both parties (the applicant's ID encrypted, masked and blind-indexed),
+    evidence (each with a pending media row the background fetcher completes) and the intake
+    conversation; ID numbers typed into free text are masked. Raises StorageUnavailable when
+    the database cannot be reached; nothing is stored then.
+    """
+    filing = _Filing(draft, applicant_openid, organisation, accept_deadline, intake, now)
+    for attempt in range(1, _CASE_NO_ATTEMPTS + 1):
+        try:
+            with storage_errors("store the new case"):
+                async with db.begin() as connection:
+                    case_no = await _insert_case(connection, filing, protector)
+            break
+        except sqlalchemy.exc.IntegrityError as error:
+            if attempt == _CASE_NO_ATTEMPTS or "case_no" not in str(error.orig):
+                raise
+            log.warning("case number collision (attempt %d), taking the next one", attempt)
+    log.info("case %s stored, routed to %s", case_no, organisation.code)
+    return CreatedCase(
+        case_no, organisation.name, organisation.phone, accept_deadline, INITIAL_STATUS
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Filing:
+    draft: CaseDraft
+    openid: str
+    organisation: Organisation
+    accept_deadline: date
+    intake: Sequence[IntakeLine]
+    now: datetime
+
+
+async def _insert_case(
+    connection: AsyncConnection, filing: _Filing, protector: PersonalDataProtector
+) -> str:
+    draft, now, org = filing.draft, filing.now, filing.organisation
+    # The counter first: its row lock orders concurrent filings before any other work.
+    day = china_day(now)
+    case_no = str(CaseNumber(day, await _next_counter(connection, day)))
+    await connection.execute(
+        _insert(connection, ORGS)
+        .values(**_organisation_row(org, now))
+        .on_conflict_do_nothing(index_elements=[ORGS.c.code])
+    )  # normally synced at start-up; keeps the foreign key whole for one added since
+    values = {
+        "case_no": case_no,
+        "status": INITIAL_STATUS.value,
+        "category": draft.category.value,
+        "place_text": draft.place.text,
+        "place_lat": draft.place.latitude,
+        "place_lng": draft.place.longitude,
+        "facts": redact_id_numbers(draft.facts),
+        "claim": redact_id_numbers(draft.claim),
+        "amount_yuan": draft.amount_yuan,
+        "mode": draft.mode.value,
+        "language": draft.language.language,
+        "needs_interpreter": draft.language.needs_interpreter,
+        "org_code": org.code,
+        "applicant_openid": filing.openid,
+        "accept_deadline": filing.accept_deadline,
+        "created_at": now,
+        "updated_at": now,
+    }
+    insert_case = sa.insert(CASES).values(values).returning(CASES.c.id)
+    case_id: int = (await connection.execute(insert_case)).scalar_one()
+    changes = [
+        (None, CaseStatus.SUBMITTED, f"applicant:{filing.openid}"),
+        (CaseStatus.SUBMITTED, INITIAL_STATUS, f"routing:{org.code}"),
+    ]
+    await connection.execute(
+        sa.insert(CHANGES),
+        [_change_row(case_id, old, new, actor, now) for old, new, actor in changes],
+    )
+    id_number = normalise_id_number(draft.applicant_id_number)
+    applicant = {
+        "id_number_ciphertext": protector.encrypt(id_number, purpose=ID_NUMBER_PURPOSE),
+        "id_number_masked": mask_id_number(id_number),
+        "id_number_index": protector.blind_index(id_number, purpose=ID_NUMBER_PURPOSE),
+    }
+    respondent = dict.fromkeys(applicant)
+    await connection.execute(
+        sa.insert(PARTIES),
+        [
+            _party_row(case_id, APPLICANT, draft.applicant_name, draft.applicant_phone, applicant),
+            _party_row(
+                case_id, RESPONDENT, draft.respondent_name, draft.respondent_phone, respondent
+            ),
+        ],
+    )
+    evidence = [(item.media_id, item.kind, item.title) for item in draft.evidence]
+    voice = draft.facts_voice_media_id
+    if voice and all(media_id != voice for media_id, _, _ in evidence):
+        evidence.append((voice, EvidenceKind.VOICE, FACTS_VOICE_TITLE))
+    if evidence:
+        pending = [_pending_media(m, filing.openid, kind.value, now) for m, kind, _ in evidence]
+        await connection.execute(
+            _insert(connection, MEDIA).on_conflict_do_nothing(index_elements=[MEDIA.c.media_id]),
+            pending,
+        )
+        rows = [
+            {"case_id": case_id, "media_id": m, "kind": k.value, "title": t, "created_at": now}
+            for m, k, t in evidence
+        ]
+        await connection.execute(sa.insert(EVIDENCE), rows)
+    if filing.intake:
+        await connection.execute(
+            sa.insert(INTAKE),
+            [_intake_row(case_id, seq, line) for seq, line in enumerate(filing.intake, start=1)],
+        )
+    return case_no
+
+
+def _change_row(
+    case_id: int, old: CaseStatus | None, new: CaseStatus, actor: str, at: datetime
+) -> dict[str, Any]:
+    old_value = old.value if old else None
+    return {"case_id": case_id, "old": old_value, "new": new.value, "at": at, "actor": actor}
+
+
+def _party_row(
+    case_id: int, role: str, name: str, phone: str | None, id_number: Mapping[str, str | None]
+) -> dict[str, Any]:
+    return {"case_id": case_id, "role": role, "name": name, "phone": phone, **id_number}
+
+
+def _intake_row(case_id: int, seq: int, line: IntakeLine) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "seq": seq,
+        "direction": line.direction,
+        "msg_type": line.msg_type,
+        "content": redact_id_numbers(line.content),
+        "created_at": line.at,
+    }
+
+
+def _pending_media(media_id: str, openid: str, kind: str, now: datetime) -> dict[str, Any]:
+    return {
+        "media_id": media_id,
+        "openid": openid,
+        "kind": kind,
+        "status": MediaStatus.PENDING,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _organisation_row(organisation: Organisation, now: datetime) -> dict[str, Any]:
+    return {
+        "code": organisation.code,
+        "name": organisation.name,
+        "kind": organisation.kind.value,
+        "phone": organisation.phone,
+        "districts": list(organisation.districts),
+        "active": True,
+        "updated_at": now,
+    }
+
+
+async def sync_organisations(
+    db: AsyncEngine, table: RoutingTable, *, now: datetime | None = None
+) -> None:
+    """Make the organisations table match ``table``: upsert each, mark the rest inactive.
+
+    Run at start-up, after loading the routing config; ``now`` defaults to the current time.
+    """
+    now = now or datetime.now(UTC)
+    rows = [_organisation_row(organisation, now) for organisation in table.organisations]
+    with storage_errors("sync organisations"):
+        async with db.begin() as connection:
+            statement = _insert(connection, ORGS)
+            updated = {name: statement.excluded[name] for name in rows[0] if name != "code"}
+            await connection.execute(
+                statement.on_conflict_do_update(index_elements=[ORGS.c.code], set_=updated), rows
+            )
+            await connection.execute(
+                sa.update(ORGS)
+                .where(ORGS.c.code.not_in([row["code"] for row in rows]), ORGS.c.active.is_(True))
+                .values(active=False, updated_at=now)
+            )
+
+
+async def list_cases_for_openid(db: AsyncEngine, openid: str, limit: int = 10) -> list[CaseListing]:
+    """The resident's ``limit`` most recent cases, newest first."""
+    with storage_errors("list the resident's cases"):
+        async with db.begin() as connection:
+            rows = (
+                await connection.execute(
+                    sa.select(CASES.c.case_no, CASES.c.category, CASES.c.status, CASES.c.created_at)
+                    .where(CASES.c.applicant_openid == openid)
+                    .order_by(CASES.c.created_at.desc(), CASES.c.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+    return [
+        CaseListing(case_no, Category(category), CaseStatus(status), created_at)
+        for case_no, category, status, created_at in rows
+    ]
+
+
+async def get_case(db: AsyncEngine, case_no: str) -> CaseRecord | None:
+    """The case numbered ``case_no`` with everything attached, or None. ID numbers masked only."""
+    with storage_errors("read the case"):
+        async with db.begin() as connection:
+            case = (
+                (await connection.execute(sa.select(CASES).where(CASES.c.case_no == case_no)))
+                .mappings()
+                .one_or_none()
+            )
+            if case is None:
+                return None
+            case_id = case["id"]
+            parties = (
+                await connection.execute(
+                    sa.select(PARTIES).where(PARTIES.c.case_id == case_id).order_by(PARTIES.c.id)
+                )
+            ).mappings()
+            party_records = tuple(
+                PartyRecord(p["role"], p["name"], p["phone"], p["id_number_masked"])
+                for p in parties
+            )
+            evidence = (
+                await connection.execute(
+                    sa.select(
+                        EVIDENCE.c.media_id, EVIDENCE.c.kind, EVIDENCE.c.title, MEDIA.c.status
+                    )
+                    .join(MEDIA, MEDIA.c.media_id == EVIDENCE.c.media_id)
+                    .where(EVIDENCE.c.case_id == case_id)
+                    .order_by(EVIDENCE.c.id)
+                )
+            ).all()
+            intake = (
+                await connection.execute(
+                    sa.select(INTAKE).where(INTAKE.c.case_id == case_id).order_by(INTAKE.c.seq)
+                )
+            ).mappings()
+            intake_lines = tuple(
+                IntakeLine(i["direction"], i["msg_type"], i["content"], i["created_at"])
+                for i in intake
+            )
+            history = (
+                await connection.execute(
+                    sa.select(CHANGES.c.old, CHANGES.c.new, CHANGES.c.actor)
+                    .where(CHANGES.c.case_id == case_id)
+                    .order_by(CHANGES.c.id)
+                )
+            ).all()
+    return CaseRecord(
+        case_no=case["case_no"],
+        status=CaseStatus(case["status"]),
+        category=Category(case["category"]),
+        org_code=case["org_code"],
+        applicant_openid=case["applicant_openid"],
+        place_text=case["place_text"],
+        place_lat=case["place_lat"],
+        place_lng=case["place_lng"],
+        facts=case["facts"],
+        claim=case["claim"],
+        amount_yuan=case["amount_yuan"],
+        mode=case["mode"],
+        language=case["language"],
+        needs_interpreter=case["needs_interpreter"],
+        accept_deadline=case["accept_deadline"],
+        created_at=case["created_at"],
+        updated_at=case["updated_at"],
+        parties=party_records,
+        evidence=tuple(
+            EvidenceRecord(media_id, EvidenceKind(kind), title, status)
+            for media_id, kind, title, status in evidence
+        ),
+        intake=intake_lines,
+        history=tuple(
+            (CaseStatus(old) if old else None, CaseStatus(new), actor)
+            for old, new, actor in history
+        ),
+    )
+
+
+async def set_case_status(
+    db: AsyncEngine, case_no: str, new: CaseStatus, *, actor: str, now: datetime
+) -> CaseStatus:
+    """The one place a stored case changes status: checked, recorded in the history, logged.
+
+    Returns the old status. Raises LookupError for an unknown case, InvalidTransition when the
+    rules of ``cases.status`` forbid the move (nothing changes then).
+    """
+    with storage_errors("change the case status"):
+        async with db.begin() as connection:
+            # FOR UPDATE (ignored by SQLite, whose writers are serialised anyway) makes two
+            # concurrent changes of one case check against each other's result.
+            row = (
+                await connection.execute(
+                    sa.select(CASES.c.id, CASES.c.status)
+                    .where(CASES.c.case_no == case_no)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            if row is None:
+                raise LookupError(f"no case {case_no}")
+            case_id, old_value = row
+            old = CaseStatus(old_value)
+            check_transition(old, new)
+            await connection.execute(
+                sa.update(CASES)
+                .where(CASES.c.id == case_id)
+                .values(status=new.value, updated_at=now)
+            )
+            await connection.execute(
+                sa.insert(CHANGES).values(
+                    case_id=case_id, old=old.value, new=new.value, at=now, actor=actor
+                )
+            )
+    log.info("case %s: %s -> %s (by %s)", case_no, old.value, new.value, actor)
+    return old
+
+
+async def record_callback_request(
+    db: AsyncEngine, openid: str, step: str | None, note: str, now: datetime
+) -> int:
+    """Store a resident's request for a person to call back (「人工」); returns its id."""
+    with storage_errors("record the callback request"):
+        async with db.begin() as connection:
+            request_id: int = (
+                await connection.execute(
+                    sa.insert(CALLBACKS)
+                    .values(openid=openid, step=step, note=note, created_at=now)
+                    .returning(CALLBACKS.c.id)
+                )
+            ).scalar_one()
+    return request_id
+
+
+async def media_blob_pending(
+    db: AsyncEngine, media_id: str, openid: str, kind: str, now: datetime
+) -> None:
+    """Note that ``media_id`` is to be fetched. Idempotent: an existing row is left as it is."""
+    with storage_errors("record the pending media"):
+        async with db.begin() as connection:
+            await connection.execute(
+                _insert(connection, MEDIA)
+                .values(**_pending_media(media_id, openid, kind, now))
+                .on_conflict_do_nothing(index_elements=[MEDIA.c.media_id])
+            )
+
+
+async def media_blob_stored(
+    db: AsyncEngine,
+    media_id: str,
+    path: str,
+    sha256: str,
+    size: int,
+    content_type: str | None,
+    now: datetime,
+) -> None:
+    """Mark ``media_id`` stored at ``path`` (a key of the evidence store).
+
+    Idempotent; also recovers a blob marked failed earlier. Raises LookupError if
+    ``media_blob_pending`` was never called for it.
+    """
+    await _update_media(
+        db, media_id, status=MediaStatus.STORED, path=path, sha256=sha256, size=size,
+        content_type=content_type, error=None, updated_at=now,
+    )  # fmt: skip
+
+
+async def media_blob_failed(db: AsyncEngine, media_id: str, error: str, now: datetime) -> None:
+    """Mark ``media_id`` as failed for good with ``error``; a blob already stored stays stored."""
+    await _update_media(
+        db, media_id, only_unstored=True, status=MediaStatus.FAILED, error=error, updated_at=now
+    )
+
+
+async def _update_media(
+    db: AsyncEngine, media_id: str, *, only_unstored: bool = False, **values: Any
+) -> None:
+    with storage_errors("update the media record"):
+        async with db.begin() as connection:
+            exists = (
+                await connection.execute(
+                    sa.select(MEDIA.c.status).where(MEDIA.c.media_id == media_id)
+                )
+            ).one_or_none()
+            if exists is None:
+                raise LookupError(f"no media record for {media_id!r}")
+            query = sa.update(MEDIA).where(MEDIA.c.media_id == media_id)
+            if only_unstored:
+                query = query.where(MEDIA.c.status != MediaStatus.STORED)
+            await connection.execute(query.values(**values))
+
+
+async def get_media_blob(db: AsyncEngine, media_id: str) -> MediaBlobRecord | None:
+    """The media record for ``media_id``, or None."""
+    with storage_errors("read the media record"):
+        async with db.begin() as connection:
+            row = (
+                (await connection.execute(sa.select(MEDIA).where(MEDIA.c.media_id == media_id)))
+                .mappings()
+                .one_or_none()
+            )
+    if row is None:
+        return None
+    return MediaBlobRecord(**{k: v for k, v in row.items() if k != "id"})

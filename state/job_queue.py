@@ -1,0 +1,143 @@
+"""A small reliable job queue in Redis: at-least-once, with leases, retries and a dead letter.
+
+Layout under ``{prefix}jobs:``:
+
+- ``data`` — hash ``job_id -> JSON`` of every live job (kind, payload, attempts, last error);
+- ``due`` — sorted set ``job_id -> when it may next run`` (epoch seconds). Claiming a job moves
+  its score forward by the lease, so a worker that dies mid-job lets another retry it after the
+  lease ends (hence at-least-once: handlers must be idempotent);
+- ``dead`` — list of jobs that failed for good (JSON with the reason), for an operator to read.
+
+Everything lives in Redis, so any number of workers in any number of processes share the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if #ids == 0 then return false end
+local id = ids[1]
+local raw = redis.call('HGET', KEYS[2], id)
+if not raw then redis.call('ZREM', KEYS[1], id); return false end
+redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], id)
+local job = cjson.decode(raw)
+job['attempts'] = (job['attempts'] or 0) + 1
+raw = cjson.encode(job)
+redis.call('HSET', KEYS[2], id, raw)
+return {id, raw}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed job. ``attempts`` counts this one (1 on the first run)."""
+
+    job_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    enqueued_at: float
+    errors: list[str] = field(default_factory=list)
+
+
+class JobQueue:
+    """Enqueue, claim and settle jobs (see the module docstring for the guarantees)."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str, lease_s: float = 60.0) -> None:
+        self._redis = redis
+        self._due = f"{prefix}jobs:due"
+        self._data = f"{prefix}jobs:data"
+        self._dead = f"{prefix}jobs:dead"
+        self._lease_s = lease_s
+        self._claim = redis.register_script(_CLAIM)
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        delay_s: float = 0.0,
+        job_id: str | None = None,
+    ) -> str:
+        """Add a job; a given ``job_id`` makes the enqueue idempotent (an existing job is kept)."""
+        job_id = job_id or uuid.uuid4().hex
+        now = time.time()
+        record = {"kind": kind, "payload": payload, "attempts": 0, "at": now, "errors": []}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self._data, job_id, json.dumps(record, ensure_ascii=False))
+            pipe.zadd(self._due, {job_id: now + delay_s}, nx=True)
+            await pipe.execute()
+        return job_id
+
+    async def claim(self) -> Job | None:
+        """Take the next due job under a lease, or ``None`` when nothing is due."""
+        claimed = await self._claim(keys=[self._due, self._data], args=[time.time(), self._lease_s])
+        if not claimed:
+            return None
+        job_id, raw = claimed
+        return _job_from_record(_text(job_id), raw)
+
+    async def complete(self, job: Job) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._due, job.job_id)
+            pipe.hdel(self._data, job.job_id)
+            await pipe.execute()
+
+    async def retry(self, job: Job, *, delay_s: float, error: str) -> None:
+        """Run ``job`` again after ``delay_s``, remembering ``error``."""
+        record = _record(job, error)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._data, job.job_id, json.dumps(record, ensure_ascii=False))
+            pipe.zadd(self._due, {job.job_id: time.time() + delay_s})
+            await pipe.execute()
+
+    async def bury(self, job: Job, *, error: str) -> None:
+        """Give up on ``job``: move it to the dead-letter list with the reason."""
+        record = _record(job, error) | {"job_id": job.job_id, "buried_at": time.time()}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._dead, json.dumps(record, ensure_ascii=False))
+            pipe.zrem(self._due, job.job_id)
+            pipe.hdel(self._data, job.job_id)
+            await pipe.execute()
+
+    async def pending_count(self) -> int:
+        return int(await self._redis.zcard(self._due))
+
+    async def dead_jobs(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in await self._redis.lrange(self._dead, 0, -1)]
+
+
+def _record(job: Job, error: str) -> dict[str, Any]:
+    return {
+        "kind": job.kind,
+        "payload": job.payload,
+        "attempts": job.attempts,
+        "at": job.enqueued_at,
+        "errors": [*job.errors, error][-10:],
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _job_from_record(job_id: str, raw: bytes | str) -> Job:
+    record = json.loads(raw)
+    # cjson encodes an empty Lua table as an object; normalise the list fields.
+    errors = record.get("errors") or []
+    return Job(
+        job_id=job_id,
+        kind=str(record["kind"]),
+        payload=dict(record.get("payload") or {}),
+        attempts=int(record["attempts"]),
+        enqueued_at=float(record["at"]),
+        errors=list(errors) if isinstance(errors, list) else [],
+    )

@@ -1,0 +1,30 @@
+"""How Jiefen gets its Redis client: the real server when configured, else an in-process stand-in.
+
+The stand-in (fakeredis, with Lua) serves ``jiefen serve`` on embedded defaults, where only one
+process runs. Anything a second process needs must be in a real Redis: a multi-process deployment
+sets ``JIEFEN_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    """Return a client for ``settings.redis_url``, or an in-process stand-in when it is unset.
+
+    The real client is built without a per-call socket timeout: callers bound their Redis work
+    with one ``asyncio.timeout`` (cheaper than redis-py's per-socket timeouts on every call).
+    """
+    if settings.redis_url:
+        return aioredis.from_url(settings.redis_url, socket_connect_timeout=5.0)
+    import fakeredis  # imported lazily: production never needs it
+
+    log.warning("JIEFEN_REDIS_URL is unset: using an in-process Redis stand-in (one process only)")
+    return fakeredis.FakeAsyncRedis()

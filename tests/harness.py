@@ -1,0 +1,105 @@
+"""A running Jiefen for functional tests: real server on 127.0.0.1 port 0, real Redis and
+PostgreSQL, the fake WeChat API on its own port, and a simulator to talk to it as WeChat does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bot.fake_wechat_api import FakeWeChatAPI, start_fake_wechat_api
+from bot.wechat_simulator import CryptoMode, Delivery, Push, Reply, WeChatSimulator
+from config.settings import DEV_WECHAT_AES_KEY, DEV_WECHAT_APPID, DEV_WECHAT_TOKEN, Settings
+from jiefen.app import SERVICES, Services, create_app
+
+# A valid resident ID (GB 11643 checksum) used by the tests; 530102 = 昆明市五华区.
+TEST_ID_NUMBER = "53010219900307608X"
+
+
+@dataclass
+class RunningJiefen:
+    settings: Settings
+    services: Services
+    url: str
+    fake: FakeWeChatAPI
+    session: aiohttp.ClientSession
+    simulator: WeChatSimulator
+
+    async def send(self, push: Push, *, wait_s: float = 5.0, retries: int = 1) -> Delivery:
+        return await self.simulator.deliver(
+            self.session, f"{self.url}/wechat", push, timeout=wait_s, retries=retries
+        )
+
+    async def say(self, openid: str, text: str) -> str:
+        """Send ``text`` as ``openid`` and return the passive reply text (must be one)."""
+        delivery = await self.send(self.simulator.text(openid, text))
+        assert delivery.status == 200, delivery
+        assert isinstance(delivery.reply, Reply), delivery
+        return delivery.reply.content or ""
+
+    async def post_raw(self, push: Push) -> tuple[int, bytes]:
+        async with self.session.post(
+            f"{self.url}/wechat", params=push.params, data=push.body
+        ) as response:
+            return response.status, await response.read()
+
+    async def wait_for_pushes(self, openid: str, count: int, wait_s: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            texts = [m.content or "" for m in self.fake.sent if m.touser == openid]
+            if len(texts) >= count or time.monotonic() > deadline:
+                return texts
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_jiefen(
+    *,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    data_dir: Path,
+    mode: CryptoMode = CryptoMode.SAFE,
+    **overrides: Any,
+) -> AsyncIterator[RunningJiefen]:
+    fake, fake_url, fake_runner = await start_fake_wechat_api(FakeWeChatAPI(appid=DEV_WECHAT_APPID))
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        data_dir=data_dir,
+        wechat_api_base=fake_url,
+        wechat_token=DEV_WECHAT_TOKEN,
+        wechat_appid=DEV_WECHAT_APPID,
+        wechat_aes_key=DEV_WECHAT_AES_KEY,
+        **overrides,
+    )
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    simulator = WeChatSimulator(
+        settings.wechat_token, settings.wechat_appid, settings.wechat_aes_key, mode
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield RunningJiefen(
+                settings=settings,
+                services=app[SERVICES],
+                url=f"http://{host}:{port}",
+                fake=fake,
+                session=session,
+                simulator=simulator,
+            )
+    finally:
+        await runner.cleanup()
+        await fake_runner.cleanup()

@@ -1,0 +1,112 @@
+"""The message gate on the real Redis: dedupe, ordered turns per user, stale turns, storage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from jiefen.errors import LockTimeout
+from state.message_gate import Duplicate, MessageGate, Turn
+
+
+def _gate(redis: aioredis.Redis, prefix: str, **options: float) -> MessageGate:
+    return MessageGate(redis, prefix=prefix, **options)  # type: ignore[arg-type]
+
+
+async def test_first_delivery_runs_and_a_retry_gets_the_same_reply(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix)
+    keys = gate.keys("gh_a", "o_user", "msg:1")
+    turn = await gate.begin(keys)
+    assert isinstance(turn, Turn) and turn.ready and turn.conversation == b""
+    retry_while_running = await gate.begin(keys)
+    assert retry_while_running == Duplicate(pending=True, pushed=False, reply=None)
+    await gate.commit(keys, turn, conversation=b"\x00state", reply="好的]]>收到")
+    assert await gate.begin(keys) == Duplicate(pending=False, pushed=False, reply="好的]]>收到")
+    next_turn = await gate.begin(gate.keys("gh_a", "o_user", "msg:2"))
+    assert isinstance(next_turn, Turn) and next_turn.conversation == b"\x00state"
+    ttl = await redis_client.ttl(keys.conversation)
+    assert 0 < ttl <= 7 * 24 * 3600
+
+
+async def test_messages_of_one_user_take_turns_in_order(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, poll_interval_s=0.005)
+    order: list[int] = []
+    keys = [gate.keys("gh_a", "o_user", f"msg:{n}") for n in range(5)]
+    turns = [await gate.begin(k) for k in keys]  # tickets 1..5 in arrival order
+    assert [t.ready for t in turns if isinstance(t, Turn)] == [True, False, False, False, False]
+
+    async def run(index: int) -> None:
+        turn = turns[index]
+        assert isinstance(turn, Turn)
+        if not turn.ready:
+            turn = await gate.wait_turn(keys[index], turn, timeout_s=5)
+        order.append(index)
+        await asyncio.sleep(0.01)
+        await gate.commit(keys[index], turn, conversation=str(index).encode(), reply=str(index))
+
+    await asyncio.gather(*(run(i) for i in reversed(range(5))))
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_other_users_are_not_held_up(redis_client: aioredis.Redis, redis_prefix: str) -> None:
+    gate = _gate(redis_client, redis_prefix)
+    first = await gate.begin(gate.keys("gh_a", "o_one", "msg:1"))
+    other = await gate.begin(gate.keys("gh_a", "o_two", "msg:2"))
+    assert isinstance(first, Turn) and isinstance(other, Turn)
+    assert first.ready and other.ready
+
+
+async def test_a_dead_turn_is_skipped_after_its_lease(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=0.2, poll_interval_s=0.01)
+    crashed = await gate.begin(gate.keys("gh_a", "o_user", "msg:1"))
+    assert isinstance(crashed, Turn) and crashed.ready  # never committed: its process "died"
+    keys = gate.keys("gh_a", "o_user", "msg:2")
+    waiting = await gate.begin(keys)
+    assert isinstance(waiting, Turn) and not waiting.ready
+    turn = await gate.wait_turn(keys, waiting, timeout_s=5)
+    assert turn.ready
+
+
+async def test_waiting_too_long_raises_lock_timeout(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=60, poll_interval_s=0.01)
+    await gate.begin(gate.keys("gh_a", "o_user", "msg:1"))
+    keys = gate.keys("gh_a", "o_user", "msg:2")
+    waiting = await gate.begin(keys)
+    assert isinstance(waiting, Turn)
+    with pytest.raises(LockTimeout):
+        await gate.wait_turn(keys, waiting, timeout_s=0.1)
+
+
+async def test_release_lets_the_retry_run_afresh_and_passes_the_turn(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix)
+    keys = gate.keys("gh_a", "o_user", "msg:1")
+    turn = await gate.begin(keys)
+    assert isinstance(turn, Turn)
+    await gate.release(keys, turn)
+    retry = await gate.begin(keys)
+    assert isinstance(retry, Turn) and retry.ready
+
+
+async def test_mark_pushed_stops_a_retry_from_repeating_the_reply(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix)
+    keys = gate.keys("gh_a", "o_user", "msg:1")
+    turn = await gate.begin(keys)
+    assert isinstance(turn, Turn)
+    await gate.commit(keys, turn, conversation=b"", reply="答复")
+    await gate.mark_pushed(keys)
+    assert await gate.begin(keys) == Duplicate(pending=False, pushed=True, reply=None)
+    assert await redis_client.exists(keys.conversation) == 0  # b'' deletes the conversation
