@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flows.engine import advance
-
 from bot.inbound import InboundMessage
 from flows import effects, events
 from flows.conversation_state import ConversationState
+from flows.engine import advance
 from flows.intake import INTAKE_FLOW
 from jiefen.errors import ConfigurationError
 from state.job_queue import JobQueue
@@ -223,7 +222,9 @@ class ConversationService:
                 state, more = advance(INTAKE_FLOW, state, feedback, now)
                 queue[0:0] = more
         conversation.flow_state = state
-        if isinstance(inbound.event, events.Unsubscribe):
+        if state == ConversationState.initial():
+            # No intake in progress (none begun, submitted, refused or abandoned): its
+            # transcript is either stored with the case already or must not be kept at all.
             conversation.transcript.clear()
         return "\n\n".join(replies)
 
@@ -235,5 +236,5 @@ class ConversationService:
 
 
 def _is_blank(conversation: StoredConversation) -> bool:
-    """A conversation worth no storage: back at the start with nothing collected."""
-    return conversation.flow_state == ConversationState.initial() and not conversation.transcript
+    """A conversation worth no storage: no intake in progress (its state is then initial)."""
+    return conversation.flow_state == ConversationState.initial()

@@ -25,7 +25,10 @@ from state.message_gate import Duplicate
 
 log = logging.getLogger(__name__)
 
-_SUCCESS = web.Response(text="success", content_type="text/plain")
+
+def _success() -> web.Response:
+    """WeChat's "no reply" answer (a new one each time: aiohttp responses are single-use)."""
+    return web.Response(text="success", content_type="text/plain")
 
 
 class WebhookHandler:
@@ -74,7 +77,7 @@ class WebhookHandler:
         await asyncio.wait([settled], timeout=max(remaining, 0.0))
         if not settled.done():
             settled.cancel()  # from now on the reply (if any) is pushed: see _process
-            return _SUCCESS
+            return _success()
         if settled.exception() is not None:
             return web.Response(status=500, text="retry")
         outcome = settled.result()
@@ -121,7 +124,7 @@ class WebhookHandler:
     def _answer(self, inbound: InboundMessage, reply: str) -> web.Response:
         parts = split_for_wechat(reply)
         if not parts:
-            return _SUCCESS
+            return _success()
         if len(parts) > 1:
             # The rest follows by push; the first part is the passive reply.
             task = asyncio.create_task(self._push_quietly(inbound.openid, parts[1:]))
@@ -137,14 +140,14 @@ class WebhookHandler:
         duplicate: Duplicate | None = seen.duplicate
         while duplicate is not None and duplicate.pending:
             if time.monotonic() - started >= self._passive_deadline_s:
-                return _SUCCESS  # the first delivery pushes its reply when it is done
+                return _success()  # the first delivery pushes its reply when it is done
             await asyncio.sleep(0.05)
             duplicate = await self._service.read_duplicate(seen.keys)
         if duplicate is None or duplicate.reply is None:
-            return _SUCCESS
+            return _success()
         parts = split_for_wechat(duplicate.reply)
         if not parts:
-            return _SUCCESS
+            return _success()
         xml = self._codec.encode_reply(inbound, parts[0], nonce=secrets.token_hex(8))
         return web.Response(text=xml, content_type="application/xml")
 

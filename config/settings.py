@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     @classmethod
     def _aes_key_length(cls, value: str) -> str:
         if value and len(value) != 43:
-            raise ValueError("JIEFEN_WECHAT_AES_KEY must be 43 characters (WeChat's EncodingAESKey)")
+            raise ValueError(
+                "JIEFEN_WECHAT_AES_KEY must be 43 characters (WeChat's EncodingAESKey)"
+            )
         return value
 
     @property

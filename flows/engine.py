@@ -97,7 +97,8 @@ def advance(
 
 
 def _sane(flow: Flow, state: ConversationState) -> ConversationState:
-    known = all(flow.has_step(key) for key in (*state.history, *filter(None, [state.step])))
+    keys = [*state.history, *([state.step] if state.step is not None else [])]
+    known = all(flow.has_step(key) for key in keys)
     return state if known else ConversationState.initial()
 
 
@@ -170,6 +171,10 @@ def _text_of(event: Event) -> str | None:
     return event.content if isinstance(event, Text) else None
 
 
+#: Commands that ask 是/否 first, and the question they leave pending.
+_CONFIRMATION_OF = {Command.CANCEL: Confirmation.CANCEL, Command.RESTART: Confirmation.RESTART}
+
+
 def _on_confirmation(turn: _Turn, state: ConversationState, text: str | None) -> _Out:
     assert state.confirming is not None
     pending = state.confirming
@@ -191,8 +196,6 @@ def _on_confirmation(turn: _Turn, state: ConversationState, text: str | None) ->
     return _begin(turn, ConversationState(last_active=state.last_active), texts.RESTARTED)
 
 
-#: Commands that ask 是/否 first, and the question they leave pending.
-_CONFIRMATION_OF = {Command.CANCEL: Confirmation.CANCEL, Command.RESTART: Confirmation.RESTART}
 _NOTHING_TO_DO_WHEN_IDLE = {
     Command.CANCEL: texts.NOTHING_TO_CANCEL,
     Command.BACK: texts.NOTHING_TO_GO_BACK,
@@ -306,7 +309,7 @@ def _submit(turn: _Turn, state: ConversationState) -> _Out:
 
 def _on_review(turn: _Turn, state: ConversationState, event: Event, text: str | None) -> _Out:
     if isinstance(event, Media):
-        out = _keep_evidence(turn, state, event.media_id, event.kind, event.title)
+        out = _keep_evidence(turn, state, event.media_id, event.kind, event.title, early=True)
         out.lines.append(texts.REVIEW_INSTRUCTIONS)
         return out
     if text is None:

@@ -4,6 +4,7 @@ Contract of every function here:
 
 - It takes the application's ``AsyncEngine`` (``state.db.create_engine``) and runs as **one
   short transaction** of its own (``engine.begin()``): all of it is stored, or none of it.
+  (``create_case`` takes two more only to repair a counter found behind the stored cases.)
 - A database that cannot be reached raises ``StorageUnavailable`` (``state.db.storage_errors``);
   since nothing was committed, the caller can tell the resident to retry and lose nothing.
 - It takes and returns plain frozen dataclasses and ``cases`` enums, never table objects.
@@ -59,9 +60,6 @@ log = logging.getLogger(__name__)
 APPLICANT = "applicant"
 RESPONDENT = "respondent"
 FACTS_VOICE_TITLE = "事实陈述（语音）"
-# A new case number that collides with an existing one (a counter reset by hand) is retried
-# with the next number this many times before giving up.
-_CASE_NO_ATTEMPTS = 3
 
 
 class MediaStatus:
@@ -172,15 +170,15 @@ def _t(model: Any) -> sa.Table:
     return table
 
 
-CASES = _t(Case)
-PARTIES = _t(Party)
-EVIDENCE = _t(Evidence)
-MEDIA = _t(MediaBlob)
-INTAKE = _t(IntakeMessage)
-COUNTERS = _t(CaseNumberCounter)
-CHANGES = _t(CaseStatusChange)
-CALLBACKS = _t(CallbackRequest)
-ORGS = _t(OrganisationRow)
+_CASES = _t(Case)
+_PARTIES = _t(Party)
+_EVIDENCE = _t(Evidence)
+_MEDIA = _t(MediaBlob)
+_INTAKE = _t(IntakeMessage)
+_COUNTERS = _t(CaseNumberCounter)
+_CHANGES = _t(CaseStatusChange)
+_CALLBACKS = _t(CallbackRequest)
+_ORGS = _t(OrganisationRow)
 
 
 def _insert(connection: AsyncConnection, table: sa.Table) -> Any:
@@ -192,15 +190,32 @@ def _insert(connection: AsyncConnection, table: sa.Table) -> Any:
 
 async def _next_counter(connection: AsyncConnection, day: date) -> int:
     statement = (
-        _insert(connection, COUNTERS)
+        _insert(connection, _COUNTERS)
         .values(day=day, last_value=1)
         .on_conflict_do_update(
-            index_elements=[COUNTERS.c.day], set_={"last_value": COUNTERS.c.last_value + 1}
+            index_elements=[_COUNTERS.c.day], set_={"last_value": _COUNTERS.c.last_value + 1}
         )
-        .returning(COUNTERS.c.last_value)
+        .returning(_COUNTERS.c.last_value)
     )
     value: int = (await connection.execute(statement)).scalar_one()
     return value
+
+
+async def _repair_counter(connection: AsyncConnection, day: date) -> None:
+    prefix = str(CaseNumber(day, 1)).rsplit("-", 1)[0] + "-"
+    numbers = await connection.execute(
+        sa.select(_CASES.c.case_no).where(_CASES.c.case_no.startswith(prefix, autoescape=True))
+    )
+    highest = max((CaseNumber.parse(number).counter for number in numbers.scalars()), default=0)
+    await connection.execute(
+        _insert(connection, _COUNTERS)
+        .values(day=day, last_value=highest)
+        .on_conflict_do_update(
+            index_elements=[_COUNTERS.c.day],
+            set_={"last_value": highest},
+            where=_COUNTERS.c.last_value < highest,
+        )
+    )
 
 
 async def create_case(
@@ -223,16 +238,20 @@ async def create_case(
     the database cannot be reached; nothing is stored then.
     """
     filing = _Filing(draft, applicant_openid, organisation, accept_deadline, intake, now)
-    for attempt in range(1, _CASE_NO_ATTEMPTS + 1):
+    with storage_errors("store the new case"):
         try:
-            with storage_errors("store the new case"):
-                async with db.begin() as connection:
-                    case_no = await _insert_case(connection, filing, protector)
-            break
+            async with db.begin() as connection:
+                case_no = await _insert_case(connection, filing, protector)
         except sqlalchemy.exc.IntegrityError as error:
-            if attempt == _CASE_NO_ATTEMPTS or "case_no" not in str(error.orig):
+            if "case_no" not in str(error.orig):
                 raise
-            log.warning("case number collision (attempt %d), taking the next one", attempt)
+            # The counter is behind the cases (restored from an old backup, edited by hand):
+            # move it past the highest number in use, then try once more.
+            log.error("case number collision on %s; repairing the counter", china_day(now))
+            async with db.begin() as connection:
+                await _repair_counter(connection, china_day(now))
+            async with db.begin() as connection:
+                case_no = await _insert_case(connection, filing, protector)
     log.info("case %s stored, routed to %s", case_no, organisation.code)
     return CreatedCase(
         case_no, organisation.name, organisation.phone, accept_deadline, INITIAL_STATUS
@@ -257,9 +276,9 @@ async def _insert_case(
     day = china_day(now)
     case_no = str(CaseNumber(day, await _next_counter(connection, day)))
     await connection.execute(
-        _insert(connection, ORGS)
+        _insert(connection, _ORGS)
         .values(**_organisation_row(org, now))
-        .on_conflict_do_nothing(index_elements=[ORGS.c.code])
+        .on_conflict_do_nothing(index_elements=[_ORGS.c.code])
     )  # normally synced at start-up; keeps the foreign key whole for one added since
     values = {
         "case_no": case_no,
@@ -280,14 +299,14 @@ async def _insert_case(
         "created_at": now,
         "updated_at": now,
     }
-    insert_case = sa.insert(CASES).values(values).returning(CASES.c.id)
+    insert_case = sa.insert(_CASES).values(values).returning(_CASES.c.id)
     case_id: int = (await connection.execute(insert_case)).scalar_one()
     changes = [
         (None, CaseStatus.SUBMITTED, f"applicant:{filing.openid}"),
         (CaseStatus.SUBMITTED, INITIAL_STATUS, f"routing:{org.code}"),
     ]
     await connection.execute(
-        sa.insert(CHANGES),
+        sa.insert(_CHANGES),
         [_change_row(case_id, old, new, actor, now) for old, new, actor in changes],
     )
     id_number = normalise_id_number(draft.applicant_id_number)
@@ -298,7 +317,7 @@ async def _insert_case(
     }
     respondent = dict.fromkeys(applicant)
     await connection.execute(
-        sa.insert(PARTIES),
+        sa.insert(_PARTIES),
         [
             _party_row(case_id, APPLICANT, draft.applicant_name, draft.applicant_phone, applicant),
             _party_row(
@@ -313,17 +332,17 @@ async def _insert_case(
     if evidence:
         pending = [_pending_media(m, filing.openid, kind.value, now) for m, kind, _ in evidence]
         await connection.execute(
-            _insert(connection, MEDIA).on_conflict_do_nothing(index_elements=[MEDIA.c.media_id]),
+            _insert(connection, _MEDIA).on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id]),
             pending,
         )
         rows = [
             {"case_id": case_id, "media_id": m, "kind": k.value, "title": t, "created_at": now}
             for m, k, t in evidence
         ]
-        await connection.execute(sa.insert(EVIDENCE), rows)
+        await connection.execute(sa.insert(_EVIDENCE), rows)
     if filing.intake:
         await connection.execute(
-            sa.insert(INTAKE),
+            sa.insert(_INTAKE),
             [_intake_row(case_id, seq, line) for seq, line in enumerate(filing.intake, start=1)],
         )
     return case_no
@@ -387,14 +406,14 @@ async def sync_organisations(
     rows = [_organisation_row(organisation, now) for organisation in table.organisations]
     with storage_errors("sync organisations"):
         async with db.begin() as connection:
-            statement = _insert(connection, ORGS)
+            statement = _insert(connection, _ORGS)
             updated = {name: statement.excluded[name] for name in rows[0] if name != "code"}
             await connection.execute(
-                statement.on_conflict_do_update(index_elements=[ORGS.c.code], set_=updated), rows
+                statement.on_conflict_do_update(index_elements=[_ORGS.c.code], set_=updated), rows
             )
             await connection.execute(
-                sa.update(ORGS)
-                .where(ORGS.c.code.not_in([row["code"] for row in rows]), ORGS.c.active.is_(True))
+                sa.update(_ORGS)
+                .where(_ORGS.c.code.not_in([row["code"] for row in rows]), _ORGS.c.active.is_(True))
                 .values(active=False, updated_at=now)
             )
 
@@ -405,9 +424,9 @@ async def list_cases_for_openid(db: AsyncEngine, openid: str, limit: int = 10) -
         async with db.begin() as connection:
             rows = (
                 await connection.execute(
-                    sa.select(CASES.c.case_no, CASES.c.category, CASES.c.status, CASES.c.created_at)
-                    .where(CASES.c.applicant_openid == openid)
-                    .order_by(CASES.c.created_at.desc(), CASES.c.id.desc())
+                    sa.select(*_CASES.c["case_no", "category", "status", "created_at"])
+                    .where(_CASES.c.applicant_openid == openid)
+                    .order_by(_CASES.c.created_at.desc(), _CASES.c.id.desc())
                     .limit(limit)
                 )
             ).all()
@@ -422,7 +441,7 @@ async def get_case(db: AsyncEngine, case_no: str) -> CaseRecord | None:
     with storage_errors("read the case"):
         async with db.begin() as connection:
             case = (
-                (await connection.execute(sa.select(CASES).where(CASES.c.case_no == case_no)))
+                (await connection.execute(sa.select(_CASES).where(_CASES.c.case_no == case_no)))
                 .mappings()
                 .one_or_none()
             )
@@ -431,7 +450,7 @@ async def get_case(db: AsyncEngine, case_no: str) -> CaseRecord | None:
             case_id = case["id"]
             parties = (
                 await connection.execute(
-                    sa.select(PARTIES).where(PARTIES.c.case_id == case_id).order_by(PARTIES.c.id)
+                    sa.select(_PARTIES).where(_PARTIES.c.case_id == case_id).order_by(_PARTIES.c.id)
                 )
             ).mappings()
             party_records = tuple(
@@ -441,16 +460,16 @@ async def get_case(db: AsyncEngine, case_no: str) -> CaseRecord | None:
             evidence = (
                 await connection.execute(
                     sa.select(
-                        EVIDENCE.c.media_id, EVIDENCE.c.kind, EVIDENCE.c.title, MEDIA.c.status
+                        _EVIDENCE.c.media_id, _EVIDENCE.c.kind, _EVIDENCE.c.title, _MEDIA.c.status
                     )
-                    .join(MEDIA, MEDIA.c.media_id == EVIDENCE.c.media_id)
-                    .where(EVIDENCE.c.case_id == case_id)
-                    .order_by(EVIDENCE.c.id)
+                    .join(_MEDIA, _MEDIA.c.media_id == _EVIDENCE.c.media_id)
+                    .where(_EVIDENCE.c.case_id == case_id)
+                    .order_by(_EVIDENCE.c.id)
                 )
             ).all()
             intake = (
                 await connection.execute(
-                    sa.select(INTAKE).where(INTAKE.c.case_id == case_id).order_by(INTAKE.c.seq)
+                    sa.select(_INTAKE).where(_INTAKE.c.case_id == case_id).order_by(_INTAKE.c.seq)
                 )
             ).mappings()
             intake_lines = tuple(
@@ -459,9 +478,9 @@ async def get_case(db: AsyncEngine, case_no: str) -> CaseRecord | None:
             )
             history = (
                 await connection.execute(
-                    sa.select(CHANGES.c.old, CHANGES.c.new, CHANGES.c.actor)
-                    .where(CHANGES.c.case_id == case_id)
-                    .order_by(CHANGES.c.id)
+                    sa.select(_CHANGES.c.old, _CHANGES.c.new, _CHANGES.c.actor)
+                    .where(_CHANGES.c.case_id == case_id)
+                    .order_by(_CHANGES.c.id)
                 )
             ).all()
     return CaseRecord(
@@ -509,8 +528,8 @@ async def set_case_status(
             # concurrent changes of one case check against each other's result.
             row = (
                 await connection.execute(
-                    sa.select(CASES.c.id, CASES.c.status)
-                    .where(CASES.c.case_no == case_no)
+                    sa.select(_CASES.c.id, _CASES.c.status)
+                    .where(_CASES.c.case_no == case_no)
                     .with_for_update()
                 )
             ).one_or_none()
@@ -520,12 +539,12 @@ async def set_case_status(
             old = CaseStatus(old_value)
             check_transition(old, new)
             await connection.execute(
-                sa.update(CASES)
-                .where(CASES.c.id == case_id)
+                sa.update(_CASES)
+                .where(_CASES.c.id == case_id)
                 .values(status=new.value, updated_at=now)
             )
             await connection.execute(
-                sa.insert(CHANGES).values(
+                sa.insert(_CHANGES).values(
                     case_id=case_id, old=old.value, new=new.value, at=now, actor=actor
                 )
             )
@@ -541,9 +560,9 @@ async def record_callback_request(
         async with db.begin() as connection:
             request_id: int = (
                 await connection.execute(
-                    sa.insert(CALLBACKS)
+                    sa.insert(_CALLBACKS)
                     .values(openid=openid, step=step, note=note, created_at=now)
-                    .returning(CALLBACKS.c.id)
+                    .returning(_CALLBACKS.c.id)
                 )
             ).scalar_one()
     return request_id
@@ -556,9 +575,9 @@ async def media_blob_pending(
     with storage_errors("record the pending media"):
         async with db.begin() as connection:
             await connection.execute(
-                _insert(connection, MEDIA)
+                _insert(connection, _MEDIA)
                 .values(**_pending_media(media_id, openid, kind, now))
-                .on_conflict_do_nothing(index_elements=[MEDIA.c.media_id])
+                .on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id])
             )
 
 
@@ -596,14 +615,14 @@ async def _update_media(
         async with db.begin() as connection:
             exists = (
                 await connection.execute(
-                    sa.select(MEDIA.c.status).where(MEDIA.c.media_id == media_id)
+                    sa.select(_MEDIA.c.status).where(_MEDIA.c.media_id == media_id)
                 )
             ).one_or_none()
             if exists is None:
                 raise LookupError(f"no media record for {media_id!r}")
-            query = sa.update(MEDIA).where(MEDIA.c.media_id == media_id)
+            query = sa.update(_MEDIA).where(_MEDIA.c.media_id == media_id)
             if only_unstored:
-                query = query.where(MEDIA.c.status != MediaStatus.STORED)
+                query = query.where(_MEDIA.c.status != MediaStatus.STORED)
             await connection.execute(query.values(**values))
 
 
@@ -612,7 +631,7 @@ async def get_media_blob(db: AsyncEngine, media_id: str) -> MediaBlobRecord | No
     with storage_errors("read the media record"):
         async with db.begin() as connection:
             row = (
-                (await connection.execute(sa.select(MEDIA).where(MEDIA.c.media_id == media_id)))
+                (await connection.execute(sa.select(_MEDIA).where(_MEDIA.c.media_id == media_id)))
                 .mappings()
                 .one_or_none()
             )

@@ -47,6 +47,8 @@ _MIGRATION_LOCK_KEY = 0x4A494546454E  # "JIEFEN"
 def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     """An AsyncEngine for an ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URL.
 
+    For SQLite the folder of the file is created if missing.
+
     Connecting is lazy: a database that is down shows up as StorageUnavailable on first use.
     ``pool_size``/``max_overflow`` bound the PostgreSQL pool per engine (i.e. per process).
     """

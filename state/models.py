@@ -9,6 +9,8 @@ Conventions:
   ``state.case_store`` converts them.
 - Constraint and index names follow ``NAMING_CONVENTION`` and are written out in the
   migrations: the schema is created by ``state/migrations`` only, never by ``create_all``.
+- Money is ``NUMERIC(14, 2)`` (``Decimal``). SQLite keeps it as a double and SQLAlchemy
+  rounds it back to 2 places: exact for every amount below 10^13 yuan.
 - Children of a case are deleted with it (``ON DELETE CASCADE``): removing a case at the end
   of its retention period (个人信息保护法 Art.47) removes its personal data.
 """

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +18,9 @@ from bot.fake_wechat_api import FakeWeChatAPI, start_fake_wechat_api
 from bot.wechat_simulator import CryptoMode, Delivery, Push, Reply, WeChatSimulator
 from config.settings import DEV_WECHAT_AES_KEY, DEV_WECHAT_APPID, DEV_WECHAT_TOKEN, Settings
 from jiefen.app import SERVICES, Services, create_app
+from state.message_gate import MessageGate
+
+T = TypeVar("T")
 
 # A valid resident ID (GB 11643 checksum) used by the tests; 530102 = 昆明市五华区.
 TEST_ID_NUMBER = "53010219900307608X"
@@ -44,6 +47,10 @@ class RunningJiefen:
         assert isinstance(delivery.reply, Reply), delivery
         return delivery.reply.content or ""
 
+    def conversation_gate(self) -> MessageGate:
+        """A gate on the same Redis keys as the server's (to hold a resident's turn)."""
+        return MessageGate(self.services.redis, prefix=self.settings.redis_prefix)
+
     async def post_raw(self, push: Push) -> tuple[int, bytes]:
         async with self.session.post(
             f"{self.url}/wechat", params=push.params, data=push.body
@@ -51,12 +58,23 @@ class RunningJiefen:
             return response.status, await response.read()
 
     async def wait_for_pushes(self, openid: str, count: int, wait_s: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + wait_s
-        while True:
-            texts = [m.content or "" for m in self.fake.sent if m.touser == openid]
-            if len(texts) >= count or time.monotonic() > deadline:
-                return texts
-            await asyncio.sleep(0.05)
+        """The texts pushed to ``openid`` once there are ``count`` (or after ``wait_s``)."""
+
+        async def pushed() -> list[str]:
+            return [m.content or "" for m in self.fake.sent if m.touser == openid]
+
+        await eventually(lambda: _at_least(pushed, count), wait_s=wait_s)
+        return await pushed()
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, wait_s: float = 10.0) -> T:
+    """Poll ``probe`` until it returns something truthy, or ``wait_s`` passes; its last value."""
+    deadline = time.monotonic() + wait_s
+    value = await probe()
+    while not value and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        value = await probe()
+    return value
 
 
 @asynccontextmanager
@@ -103,3 +121,7 @@ async def running_jiefen(
     finally:
         await runner.cleanup()
         await fake_runner.cleanup()
+
+
+async def _at_least(probe: Callable[[], Awaitable[list[str]]], count: int) -> bool:
+    return len(await probe()) >= count

@@ -89,10 +89,8 @@ ORG = '[[organisations]]\ncode = "a"\nname = "甲调委会"\nkind = "community"\
 
 
 def test_categories_by_code_or_label_and_star(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        'default = "a"\n' + ORG + ORG.replace('"a"', '"b"') + '[[rules]]\ncategories = ["labour", "交通事故"]\norg = "b"\n',
-    )  # fmt: skip
+    rule = '[[rules]]\ncategories = ["labour", "交通事故"]\norg = "b"\n'
+    path = write(tmp_path, 'default = "a"\n' + ORG + ORG.replace('"a"', '"b"') + rule)
     routing = load_routing_table(path)
     assert routing.route(Category.TRAFFIC, "任何地方").code == "b"
     assert routing.route(Category.LABOUR, "任何地方").code == "b"

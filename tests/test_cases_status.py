@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from cases.status import (
@@ -36,7 +38,7 @@ def test_initial_status_waits_for_a_mediator() -> None:
 )  # fmt: skip
 def test_lifecycles_the_rules_allow(path: list[str]) -> None:
     statuses = [CaseStatus(value) for value in path]
-    for old, new in zip(statuses, statuses[1:], strict=False):
+    for old, new in itertools.pairwise(statuses):
         check_transition(old, new)
 
 

@@ -307,3 +307,15 @@ async def test_sync_organisations(db: AsyncEngine) -> None:
     assert by_code[ORG.code] == (ORG.name, True)
     assert by_code["gd-labour"][1] is False
     assert sum(active for _, active in by_code.values()) == 2
+
+
+async def test_a_counter_behind_the_cases_is_repaired(db: AsyncEngine) -> None:
+    await file_case(db)
+    await file_case(db)
+    async with db.begin() as connection:
+        await connection.execute(sa.text("DELETE FROM case_number_counters"))
+    assert (await file_case(db)).case_no == "JF20261121-0003"
+    assert (await file_case(db)).case_no == "JF20261121-0004"
+    async with db.begin() as connection:
+        await connection.execute(sa.text("UPDATE case_number_counters SET last_value = 1"))
+    assert (await file_case(db)).case_no == "JF20261121-0005"

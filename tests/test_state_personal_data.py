@@ -103,5 +103,5 @@ def test_key_file_created_once_private(tmp_path: Path) -> None:
     assert load_or_create_data_key(settings) == key
     assert [p.name for p in path.parent.iterdir()] == ["data.key"]
     path.write_text("garbage", encoding="ascii")
-    with pytest.raises(ConfigurationError, match="data.key"):
+    with pytest.raises(ConfigurationError, match=r"data\.key"):
         load_or_create_data_key(settings)

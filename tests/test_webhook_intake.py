@@ -1,0 +1,259 @@
+"""A resident files a dispute through the real webhook, end to end, on real Redis and PostgreSQL.
+
+WeChat's side is the simulator (signed, encrypted pushes, retries) and the fake WeChat API (pushed
+replies, media); everything else is the real server on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from bot.bench_webhook import intake_script
+from bot.wechat_simulator import CryptoMode, NoReply, Reply
+from state import case_store
+from state.message_gate import Turn
+from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
+from tests.harness import RunningJiefen, eventually, running_jiefen
+
+CASE_NO = re.compile(r"JF\d{8}-\d{4,}")
+SCRIPT = intake_script(1)
+STEP = {name: SCRIPT.index(text) for name, text in [("consent", "同意"), ("evidence", "完成")]}
+STEP["facts"] = 9
+STEP["summary"] = len(SCRIPT) - 1  # the index of 「确认」
+
+Factory = Callable[..., Awaitable[RunningJiefen]]
+
+
+@pytest.fixture
+async def start(
+    pg_database_url: str, redis_client: object, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[Factory]:
+    """Start Jiefen (several times if a test wants: same database, Redis and files)."""
+    stack: list[Any] = []
+
+    async def factory(**overrides: Any) -> RunningJiefen:
+        context = running_jiefen(
+            database_url=pg_database_url,
+            redis_url=REDIS_URL,
+            redis_prefix=redis_prefix,
+            data_dir=tmp_path,
+            **overrides,
+        )
+        stack.append(context)
+        return await context.__aenter__()
+
+    yield factory
+    for context in reversed(stack):
+        await context.__aexit__(None, None, None)
+
+
+async def _fill(jiefen: RunningJiefen, openid: str, upto: int) -> list[str]:
+    """Answer the intake script up to (not including) message number ``upto``."""
+    return [await jiefen.say(openid, text) for text in SCRIPT[:upto]]
+
+
+@pytest.mark.parametrize("mode", [CryptoMode.PLAIN, CryptoMode.COMPAT, CryptoMode.SAFE])
+async def test_a_resident_files_a_dispute_in_every_crypto_mode(
+    start: Factory, mode: CryptoMode
+) -> None:
+    jiefen = await start(mode=mode)
+    openid = f"o_resident_{mode.value}"
+    welcome = await jiefen.send(jiefen.simulator.subscribe(openid))
+    assert isinstance(welcome.reply, Reply) and "我要调解" in (welcome.reply.content or "")
+    assert welcome.reply.encrypted == (mode is not CryptoMode.PLAIN)
+    replies = await _fill(jiefen, openid, len(SCRIPT))
+    match = CASE_NO.search(replies[-1])
+    assert match, replies[-1]
+    record = await case_store.get_case(jiefen.services.db, match.group(0))
+    assert record is not None
+    assert record.applicant_openid == openid
+    assert record.category.value == "neighbour"
+    assert record.amount_yuan == 3500
+    assert record.org_code  # routed
+    applicant = next(p for p in record.parties if p.role == "applicant")
+    assert applicant.name == "张三丰" and applicant.id_number_masked == "5301**********608X"
+    respondent = next(p for p in record.parties if p.role == "respondent")
+    assert respondent.name == "李四" and respondent.phone is None
+    # What the resident sent, and what we said up to the confirmation, kept with the case.
+    directions = [line.direction for line in record.intake]
+    assert directions.count("in") == len(SCRIPT)
+    assert directions.count("out") == len(SCRIPT) - 1
+    # The ID number is nowhere in the database in the clear, transcript included.
+    async with jiefen.services.db.connect() as connection:
+        for table in ("parties", "intake_messages", "cases"):
+            rows = (await connection.execute(sa.text(f"SELECT * FROM {table}"))).all()
+            assert "53010219900307608" not in repr(rows), table
+    # The finished intake leaves no conversation behind in Redis.
+    gate_keys = await jiefen.services.redis.keys(
+        f"{jiefen.settings.redis_prefix}user:*conversation"
+    )
+    assert gate_keys == []
+    listing = await jiefen.say(openid, "查询")
+    assert match.group(0) in listing
+
+
+async def test_a_duplicate_msgid_is_handled_once_and_answered_the_same(start: Factory) -> None:
+    jiefen = await start()
+    openid = "o_dup"
+    await _fill(jiefen, openid, STEP["consent"])
+    push = jiefen.simulator.text(openid, "同意")
+    first, again = await jiefen.send(push), await jiefen.send(push)
+    assert isinstance(first.reply, Reply) and isinstance(again.reply, Reply)
+    assert first.reply.content == again.reply.content
+    assert "纠纷" in (first.reply.content or "")  # the category question, asked once
+    assert "姓名" in await jiefen.say(openid, "1")  # consent was taken once: now at the name
+
+
+async def test_a_retry_arriving_while_the_first_is_in_flight_gets_the_same_reply(
+    start: Factory,
+) -> None:
+    jiefen = await start()
+    openid = "o_retry"
+    await _fill(jiefen, openid, STEP["consent"])
+    gate = jiefen.conversation_gate()
+    # Another message of the same resident holds the turn, so ours has to wait.
+    holder = gate.keys("gh_jiefen", openid, "msg:holder")
+    held = await gate.begin(holder)
+    assert isinstance(held, Turn) and held.ready
+    push = jiefen.simulator.text(openid, "同意")
+    first = asyncio.create_task(jiefen.send(push))
+    await asyncio.sleep(0.3)
+    retry = asyncio.create_task(jiefen.send(push))
+    await asyncio.sleep(0.3)
+    await gate.commit(holder, held, conversation=held.conversation, reply="")
+    deliveries = await asyncio.gather(first, retry)
+    contents = [d.reply.content for d in deliveries if isinstance(d.reply, Reply)]
+    assert len(contents) == 2 and contents[0] == contents[1], deliveries
+    assert "姓名" in await jiefen.say(openid, "1")
+
+
+async def test_two_messages_of_one_resident_arriving_together_are_handled_in_order(
+    start: Factory,
+) -> None:
+    jiefen = await start()
+    openid = "o_concurrent"
+    await _fill(jiefen, openid, STEP["consent"])
+    consent = asyncio.create_task(jiefen.say(openid, "同意"))
+    await asyncio.sleep(0.005)
+    category = asyncio.create_task(jiefen.say(openid, "1"))
+    first_reply, second_reply = await asyncio.gather(consent, category)
+    assert "纠纷" in first_reply
+    assert "姓名" in second_reply
+
+
+async def test_a_slow_answer_is_pushed_and_a_retry_does_not_repeat_it(start: Factory) -> None:
+    jiefen = await start(passive_reply_deadline_s=0.0)
+    openid = "o_slow"
+    push = jiefen.simulator.subscribe(openid)
+    delivery = await jiefen.send(push)
+    assert isinstance(delivery.reply, NoReply) and delivery.reply.body == "success"
+    pushed = await jiefen.wait_for_pushes(openid, 1)
+    assert len(pushed) == 1 and "我要调解" in pushed[0]
+    retry = await jiefen.send(push)
+    assert isinstance(retry.reply, NoReply)
+    await asyncio.sleep(0.5)
+    assert len(await jiefen.wait_for_pushes(openid, 2, wait_s=0.5)) == 1
+
+
+async def test_outside_the_48_hour_window_the_push_is_buried_with_the_reason(
+    start: Factory,
+) -> None:
+    jiefen = await start(passive_reply_deadline_s=0.0)
+    openid = "o_gone_quiet"
+    jiefen.fake.out_of_window(openid)
+    await jiefen.send(jiefen.simulator.subscribe(openid))
+    dead = await eventually(jiefen.services.jobs.dead_jobs)
+    assert len(dead) == 1 and "45015" in dead[0]["errors"][-1]
+    assert jiefen.fake.sent == []
+
+
+async def test_database_down_at_confirmation_loses_nothing(
+    start: Factory, pg_database_url: str
+) -> None:
+    jiefen = await start()
+    openid = "o_db_down"
+    await _fill(jiefen, openid, STEP["summary"])
+    database = pg_database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(DATABASE_ADMIN_URL)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+        )
+        refused = await jiefen.say(openid, "确认")
+        assert not CASE_NO.search(refused)
+        assert "确认" in refused  # asked to confirm again shortly
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    accepted = await jiefen.say(openid, "确认")
+    assert CASE_NO.search(accepted), accepted
+
+
+async def test_evidence_is_fetched_from_wechat_into_the_store(
+    start: Factory, tmp_path: Path
+) -> None:
+    jiefen = await start()
+    openid = "o_evidence"
+    await _fill(jiefen, openid, STEP["evidence"])
+    photo = b"\xff\xd8\xff\xe0 a photo of the water damage"
+    jiefen.fake.add_media("media-photo-1", photo, "image/jpeg")
+    delivery = await jiefen.send(jiefen.simulator.image(openid, "media-photo-1"))
+    assert isinstance(delivery.reply, Reply) and "1" in (delivery.reply.content or "")
+
+    async def stored_blob() -> case_store.MediaBlobRecord | None:
+        blob = await case_store.get_media_blob(jiefen.services.db, "media-photo-1")
+        return blob if blob is not None and blob.status == "stored" else None
+
+    blob = await eventually(stored_blob)
+    assert blob is not None and blob.status == "stored" and blob.path
+    assert (tmp_path / "evidence" / blob.path).read_bytes() == photo
+    replies = [await jiefen.say(openid, text) for text in SCRIPT[STEP["evidence"] :]]
+    match = CASE_NO.search(replies[-1])
+    assert match
+    record = await case_store.get_case(jiefen.services.db, match.group(0))
+    assert record is not None
+    assert [e.media_id for e in record.evidence] == ["media-photo-1"]
+
+
+async def test_facts_by_voice_use_wechat_recognition(start: Factory) -> None:
+    jiefen = await start()
+    openid = "o_voice"
+    await _fill(jiefen, openid, STEP["facts"])
+    spoken = "隔壁养的狗每天半夜叫，说了好几次也不管，老人睡不好觉。"
+    delivery = await jiefen.send(jiefen.simulator.voice(openid, "media-voice-1", spoken))
+    assert isinstance(delivery.reply, Reply)
+    assert "请求" in (delivery.reply.content or "")  # moved on to the claim
+
+
+async def test_a_resident_resumes_after_the_server_restarts(start: Factory) -> None:
+    first = await start()
+    openid = "o_resume"
+    await _fill(first, openid, 6)
+    second = await start()  # another process: state lives in Redis, not in the first one
+    replies = [await second.say(openid, text) for text in SCRIPT[6:]]
+    assert CASE_NO.search(replies[-1]), replies[-1]
+
+
+async def test_asking_for_a_person_is_recorded(start: Factory) -> None:
+    jiefen = await start()
+    openid = "o_human"
+    await _fill(jiefen, openid, 4)
+    reply = await jiefen.say(openid, "人工")
+    assert "联系" in reply
+
+    async def callback_requests() -> list[Any]:
+        async with jiefen.services.db.connect() as connection:
+            query = sa.text("SELECT openid FROM callback_requests")
+            return list((await connection.execute(query)).all())
+
+    rows = await eventually(callback_requests)
+    assert [row[0] for row in rows] == [openid]
