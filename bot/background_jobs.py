@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.conversation import JOB_CALLBACK_REQUEST, JOB_FETCH_MEDIA, JOB_SEND_TEXT
 from bot.wechat_api import WeChatAPIClient
 from jiefen.errors import UpstreamError, WeChatAPIError
-from state import case_store
+from state import callback_store, media_store
 from state.blob_store import LocalBlobStore
 from state.job_queue import Job, JobQueue
 
@@ -157,19 +157,19 @@ class BackgroundJobs:
     async def _fetch_media(self, job: Job) -> None:
         media_id = str(job.payload["media_id"])
         now = datetime.now(UTC)
-        await case_store.media_blob_pending(
+        await media_store.media_blob_pending(
             self._db, media_id, str(job.payload["openid"]), str(job.payload["kind"]), now
         )
         try:
             media = await self._wechat.download_media(media_id, max_bytes=self._max_media_bytes)
         except WeChatAPIError as error:
             if error.errcode in _PERMANENT_ERRCODES:
-                await case_store.media_blob_failed(self._db, media_id, str(error), now)
+                await media_store.media_blob_failed(self._db, media_id, str(error), now)
             raise
         blob = await self._evidence.put(
             media.content, suffix=_MEDIA_SUFFIXES.get(media.content_type, "")
         )
-        await case_store.media_blob_stored(
+        await media_store.media_blob_stored(
             self._db,
             media_id,
             blob.key,
@@ -181,7 +181,7 @@ class BackgroundJobs:
 
     async def _record_callback(self, job: Job) -> None:
         payload: dict[str, Any] = job.payload
-        await case_store.record_callback_request(
+        await callback_store.record_callback_request(
             self._db,
             str(payload["openid"]),
             payload.get("step"),

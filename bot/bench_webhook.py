@@ -74,6 +74,9 @@ class Figures:
     latency_p95_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+    #: The last message (「确认」) stores the case in PostgreSQL: reported on its own.
+    confirm_p50_ms: float
+    confirm_p99_ms: float
     server_cpu_s: float | None
     server_cpu_us_per_message: float | None
 
@@ -146,6 +149,7 @@ async def _drive(
         settings.wechat_token, settings.wechat_appid, settings.wechat_aes_key, CryptoMode(args.mode)
     )
     latencies: list[float] = []
+    confirm_latencies: list[float] = []
     failures = 0
     cases = 0
     done = 0
@@ -158,11 +162,15 @@ async def _drive(
         openid = f"o_bench_{run_id}_{index:06d}"
         async with semaphore:
             last = ""
-            for text in intake_script(index):
+            script = intake_script(index)
+            for step, text in enumerate(script):
                 push = simulator.text(openid, text)
                 started = time.perf_counter()
                 delivery = await simulator.deliver(session, url, push, retries=1)
-                latencies.append(time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                latencies.append(latency)
+                if step == len(script) - 1:
+                    confirm_latencies.append(latency)
                 if delivery.status != 200 or not isinstance(delivery.reply, Reply):
                     failures += 1
                     break
@@ -182,6 +190,7 @@ async def _drive(
     print(file=sys.stderr)
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     ordered = sorted(latencies) or [0.0]
+    confirms = sorted(confirm_latencies) or [0.0]
     messages = len(latencies)
     return Figures(
         processes=len(urls),
@@ -197,6 +206,8 @@ async def _drive(
         latency_p95_ms=round(_percentile(ordered, 95) * 1000, 2),
         latency_p99_ms=round(_percentile(ordered, 99) * 1000, 2),
         latency_max_ms=round(ordered[-1] * 1000, 2),
+        confirm_p50_ms=round(_percentile(confirms, 50) * 1000, 2),
+        confirm_p99_ms=round(_percentile(confirms, 99) * 1000, 2),
         server_cpu_s=None if cpu is None else round(cpu, 3),
         server_cpu_us_per_message=(
             None if cpu is None or not messages else round(cpu / messages * 1e6, 1)
@@ -211,6 +222,9 @@ def _percentile(ordered: list[float], percent: float) -> float:
 
 
 def _progress(done: int, total: int) -> None:
+    """Redraw the progress bar on standard error when the whole percentage changes."""
+    if total and done != total and done * 100 // total == (done - 1) * 100 // total:
+        return
     width = 30
     filled = int(width * done / total) if total else width
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} residents")
@@ -291,6 +305,7 @@ def _print_table(figures: Figures) -> None:
             f"{figures.latency_p50_ms} / {figures.latency_p95_ms} / "
             f"{figures.latency_p99_ms} / {figures.latency_max_ms} ms",
         ),
+        ("「确认」 latency p50 / p99", f"{figures.confirm_p50_ms} / {figures.confirm_p99_ms} ms"),
         ("server CPU", f"{figures.server_cpu_s} s"),
         ("server CPU per message", f"{figures.server_cpu_us_per_message} µs"),
     ]

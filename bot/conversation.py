@@ -221,6 +221,13 @@ class ConversationService:
             if feedback is not None:
                 state, more = advance(INTAKE_FLOW, state, feedback, now)
                 queue[0:0] = more
+        if state.phase is not conversation.flow_state.phase:
+            log.info(
+                "conversation %s: %s -> %s",
+                inbound.message_key,
+                conversation.flow_state.phase.value,
+                state.phase.value,
+            )
         conversation.flow_state = state
         if state == ConversationState.initial():
             # No intake in progress (none begun, submitted, refused or abandoned): its

@@ -29,7 +29,7 @@ from cases.service import CaseService
 from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
-from state import case_store
+from state import organisation_store
 from state.blob_store import LocalBlobStore
 from state.db import create_engine, migrate
 from state.job_queue import JobQueue
@@ -93,7 +93,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     worker: asyncio.Task[None] | None = None
     try:
         routing = load_routing_table(settings.routing_file)
-        await case_store.sync_organisations(db, routing)
+        await organisation_store.sync_organisations(db, routing)
         protector = PersonalDataProtector(load_or_create_data_key(settings))
         jobs = JobQueue(redis, prefix=settings.redis_prefix)
         cases = CaseService(

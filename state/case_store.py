@@ -1,6 +1,7 @@
 """Reading and writing cases and what hangs off them: async functions over an AsyncEngine.
 
-Contract of every function here:
+Contract of every function here, and of the other stores (``state.media_store``,
+``state.callback_store``, ``state.organisation_store``):
 
 - It takes the application's ``AsyncEngine`` (``state.db.create_engine``) and runs as **one
   short transaction** of its own (``engine.begin()``): all of it is stored, or none of it.
@@ -22,22 +23,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cases.case_number import CaseNumber, china_day
 from cases.draft import CaseDraft, Category, EvidenceKind
-from cases.routing import Organisation, RoutingTable
+from cases.routing import Organisation
 from cases.status import INITIAL_STATUS, CaseStatus, check_transition
+from state._sql import table_of, upsert
 from state.db import storage_errors
+from state.media_store import pending_media_row
 from state.models import (
-    CallbackRequest,
     Case,
     CaseNumberCounter,
     CaseStatusChange,
@@ -47,6 +48,7 @@ from state.models import (
     Party,
 )
 from state.models import Organisation as OrganisationRow
+from state.organisation_store import organisation_row
 from state.personal_data import (
     ID_NUMBER_PURPOSE,
     PersonalDataProtector,
@@ -60,14 +62,6 @@ log = logging.getLogger(__name__)
 APPLICANT = "applicant"
 RESPONDENT = "respondent"
 FACTS_VOICE_TITLE = "事实陈述（语音）"
-
-
-class MediaStatus:
-    """Values of ``MediaBlob.status``."""
-
-    PENDING = "pending"
-    STORED = "stored"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,47 +144,19 @@ class CaseRecord:
     history: tuple[tuple[CaseStatus | None, CaseStatus, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class MediaBlobRecord:
-    media_id: str
-    openid: str
-    kind: str
-    status: str
-    path: str | None
-    sha256: str | None
-    size: int | None
-    content_type: str | None
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-def _t(model: Any) -> sa.Table:
-    table: sa.Table = model.__table__
-    return table
-
-
-_CASES = _t(Case)
-_PARTIES = _t(Party)
-_EVIDENCE = _t(Evidence)
-_MEDIA = _t(MediaBlob)
-_INTAKE = _t(IntakeMessage)
-_COUNTERS = _t(CaseNumberCounter)
-_CHANGES = _t(CaseStatusChange)
-_CALLBACKS = _t(CallbackRequest)
-_ORGS = _t(OrganisationRow)
-
-
-def _insert(connection: AsyncConnection, table: sa.Table) -> Any:
-    """An INSERT that knows ``ON CONFLICT`` for the connection's backend."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+_CASES = table_of(Case)
+_PARTIES = table_of(Party)
+_EVIDENCE = table_of(Evidence)
+_MEDIA = table_of(MediaBlob)
+_INTAKE = table_of(IntakeMessage)
+_COUNTERS = table_of(CaseNumberCounter)
+_CHANGES = table_of(CaseStatusChange)
+_ORGS = table_of(OrganisationRow)
 
 
 async def _next_counter(connection: AsyncConnection, day: date) -> int:
     statement = (
-        _insert(connection, _COUNTERS)
+        upsert(connection, _COUNTERS)
         .values(day=day, last_value=1)
         .on_conflict_do_update(
             index_elements=[_COUNTERS.c.day], set_={"last_value": _COUNTERS.c.last_value + 1}
@@ -208,7 +174,7 @@ async def _repair_counter(connection: AsyncConnection, day: date) -> None:
     )
     highest = max((CaseNumber.parse(number).counter for number in numbers.scalars()), default=0)
     await connection.execute(
-        _insert(connection, _COUNTERS)
+        upsert(connection, _COUNTERS)
         .values(day=day, last_value=highest)
         .on_conflict_do_update(
             index_elements=[_COUNTERS.c.day],
@@ -276,8 +242,8 @@ async def _insert_case(
     day = china_day(now)
     case_no = str(CaseNumber(day, await _next_counter(connection, day)))
     await connection.execute(
-        _insert(connection, _ORGS)
-        .values(**_organisation_row(org, now))
+        upsert(connection, _ORGS)
+        .values(**organisation_row(org, now))
         .on_conflict_do_nothing(index_elements=[_ORGS.c.code])
     )  # normally synced at start-up; keeps the foreign key whole for one added since
     values = {
@@ -330,9 +296,9 @@ async def _insert_case(
     if voice and all(media_id != voice for media_id, _, _ in evidence):
         evidence.append((voice, EvidenceKind.VOICE, FACTS_VOICE_TITLE))
     if evidence:
-        pending = [_pending_media(m, filing.openid, kind.value, now) for m, kind, _ in evidence]
+        pending = [pending_media_row(m, filing.openid, kind.value, now) for m, kind, _ in evidence]
         await connection.execute(
-            _insert(connection, _MEDIA).on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id]),
+            upsert(connection, _MEDIA).on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id]),
             pending,
         )
         rows = [
@@ -370,52 +336,6 @@ def _intake_row(case_id: int, seq: int, line: IntakeLine) -> dict[str, Any]:
         "content": redact_id_numbers(line.content),
         "created_at": line.at,
     }
-
-
-def _pending_media(media_id: str, openid: str, kind: str, now: datetime) -> dict[str, Any]:
-    return {
-        "media_id": media_id,
-        "openid": openid,
-        "kind": kind,
-        "status": MediaStatus.PENDING,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _organisation_row(organisation: Organisation, now: datetime) -> dict[str, Any]:
-    return {
-        "code": organisation.code,
-        "name": organisation.name,
-        "kind": organisation.kind.value,
-        "phone": organisation.phone,
-        "districts": list(organisation.districts),
-        "active": True,
-        "updated_at": now,
-    }
-
-
-async def sync_organisations(
-    db: AsyncEngine, table: RoutingTable, *, now: datetime | None = None
-) -> None:
-    """Make the organisations table match ``table``: upsert each, mark the rest inactive.
-
-    Run at start-up, after loading the routing config; ``now`` defaults to the current time.
-    """
-    now = now or datetime.now(UTC)
-    rows = [_organisation_row(organisation, now) for organisation in table.organisations]
-    with storage_errors("sync organisations"):
-        async with db.begin() as connection:
-            statement = _insert(connection, _ORGS)
-            updated = {name: statement.excluded[name] for name in rows[0] if name != "code"}
-            await connection.execute(
-                statement.on_conflict_do_update(index_elements=[_ORGS.c.code], set_=updated), rows
-            )
-            await connection.execute(
-                sa.update(_ORGS)
-                .where(_ORGS.c.code.not_in([row["code"] for row in rows]), _ORGS.c.active.is_(True))
-                .values(active=False, updated_at=now)
-            )
 
 
 async def list_cases_for_openid(db: AsyncEngine, openid: str, limit: int = 10) -> list[CaseListing]:
@@ -550,91 +470,3 @@ async def set_case_status(
             )
     log.info("case %s: %s -> %s (by %s)", case_no, old.value, new.value, actor)
     return old
-
-
-async def record_callback_request(
-    db: AsyncEngine, openid: str, step: str | None, note: str, now: datetime
-) -> int:
-    """Store a resident's request for a person to call back (「人工」); returns its id."""
-    with storage_errors("record the callback request"):
-        async with db.begin() as connection:
-            request_id: int = (
-                await connection.execute(
-                    sa.insert(_CALLBACKS)
-                    .values(openid=openid, step=step, note=note, created_at=now)
-                    .returning(_CALLBACKS.c.id)
-                )
-            ).scalar_one()
-    return request_id
-
-
-async def media_blob_pending(
-    db: AsyncEngine, media_id: str, openid: str, kind: str, now: datetime
-) -> None:
-    """Note that ``media_id`` is to be fetched. Idempotent: an existing row is left as it is."""
-    with storage_errors("record the pending media"):
-        async with db.begin() as connection:
-            await connection.execute(
-                _insert(connection, _MEDIA)
-                .values(**_pending_media(media_id, openid, kind, now))
-                .on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id])
-            )
-
-
-async def media_blob_stored(
-    db: AsyncEngine,
-    media_id: str,
-    path: str,
-    sha256: str,
-    size: int,
-    content_type: str | None,
-    now: datetime,
-) -> None:
-    """Mark ``media_id`` stored at ``path`` (a key of the evidence store).
-
-    Idempotent; also recovers a blob marked failed earlier. Raises LookupError if
-    ``media_blob_pending`` was never called for it.
-    """
-    await _update_media(
-        db, media_id, status=MediaStatus.STORED, path=path, sha256=sha256, size=size,
-        content_type=content_type, error=None, updated_at=now,
-    )  # fmt: skip
-
-
-async def media_blob_failed(db: AsyncEngine, media_id: str, error: str, now: datetime) -> None:
-    """Mark ``media_id`` as failed for good with ``error``; a blob already stored stays stored."""
-    await _update_media(
-        db, media_id, only_unstored=True, status=MediaStatus.FAILED, error=error, updated_at=now
-    )
-
-
-async def _update_media(
-    db: AsyncEngine, media_id: str, *, only_unstored: bool = False, **values: Any
-) -> None:
-    with storage_errors("update the media record"):
-        async with db.begin() as connection:
-            exists = (
-                await connection.execute(
-                    sa.select(_MEDIA.c.status).where(_MEDIA.c.media_id == media_id)
-                )
-            ).one_or_none()
-            if exists is None:
-                raise LookupError(f"no media record for {media_id!r}")
-            query = sa.update(_MEDIA).where(_MEDIA.c.media_id == media_id)
-            if only_unstored:
-                query = query.where(_MEDIA.c.status != MediaStatus.STORED)
-            await connection.execute(query.values(**values))
-
-
-async def get_media_blob(db: AsyncEngine, media_id: str) -> MediaBlobRecord | None:
-    """The media record for ``media_id``, or None."""
-    with storage_errors("read the media record"):
-        async with db.begin() as connection:
-            row = (
-                (await connection.execute(sa.select(_MEDIA).where(_MEDIA.c.media_id == media_id)))
-                .mappings()
-                .one_or_none()
-            )
-    if row is None:
-        return None
-    return MediaBlobRecord(**{k: v for k, v in row.items() if k != "id"})

@@ -24,7 +24,7 @@ from cases.routing import Organisation, OrganisationKind, RoutingRule, RoutingTa
 from cases.status import CaseStatus
 from config.routing import load_routing_table
 from jiefen.errors import InvalidTransition
-from state import case_store
+from state import callback_store, case_store, media_store, organisation_store
 from state.case_store import IntakeLine
 from state.db import create_engine, migrate
 from state.personal_data import PersonalDataProtector
@@ -230,9 +230,9 @@ async def test_status_changes_are_checked_and_recorded(db: AsyncEngine) -> None:
 
 
 async def test_media_blob_lifecycle_is_idempotent(db: AsyncEngine) -> None:
-    await case_store.media_blob_pending(db, "m-1", "o-a", "image", NOW)
-    await case_store.media_blob_pending(db, "m-1", "o-other", "voice", NOW + timedelta(seconds=1))
-    blob = await case_store.get_media_blob(db, "m-1")
+    await media_store.media_blob_pending(db, "m-1", "o-a", "image", NOW)
+    await media_store.media_blob_pending(db, "m-1", "o-other", "voice", NOW + timedelta(seconds=1))
+    blob = await media_store.get_media_blob(db, "m-1")
     assert blob is not None
     assert (blob.status, blob.openid, blob.kind, blob.created_at) == (
         "pending",
@@ -241,31 +241,31 @@ async def test_media_blob_lifecycle_is_idempotent(db: AsyncEngine) -> None:
         NOW,
     )
 
-    await case_store.media_blob_failed(db, "m-1", "timeout", NOW + timedelta(seconds=2))
-    blob = await case_store.get_media_blob(db, "m-1")
+    await media_store.media_blob_failed(db, "m-1", "timeout", NOW + timedelta(seconds=2))
+    blob = await media_store.get_media_blob(db, "m-1")
     assert blob is not None and (blob.status, blob.error) == ("failed", "timeout")
 
     later = NOW + timedelta(seconds=3)
     for _ in range(2):
-        await case_store.media_blob_stored(
+        await media_store.media_blob_stored(
             db, "m-1", "ab/cd.jpg", "0" * 64, 1234, "image/jpeg", later
         )
-    await case_store.media_blob_failed(db, "m-1", "late retry failed", later)
-    blob = await case_store.get_media_blob(db, "m-1")
+    await media_store.media_blob_failed(db, "m-1", "late retry failed", later)
+    blob = await media_store.get_media_blob(db, "m-1")
     assert blob is not None
     assert (blob.status, blob.path, blob.sha256, blob.size, blob.content_type, blob.error) == (
         "stored", "ab/cd.jpg", "0" * 64, 1234, "image/jpeg", None
     )  # fmt: skip
     assert blob.updated_at == later
 
-    assert await case_store.get_media_blob(db, "m-unknown") is None
+    assert await media_store.get_media_blob(db, "m-unknown") is None
     with pytest.raises(LookupError):
-        await case_store.media_blob_stored(db, "m-unknown", "x", "0" * 64, 1, None, later)
+        await media_store.media_blob_stored(db, "m-unknown", "x", "0" * 64, 1, None, later)
 
 
 async def test_evidence_fetched_before_filing_keeps_its_media_row(db: AsyncEngine) -> None:
-    await case_store.media_blob_pending(db, "media-1", "o-resident", "image", NOW)
-    await case_store.media_blob_stored(db, "media-1", "k", "1" * 64, 9, "image/png", NOW)
+    await media_store.media_blob_pending(db, "media-1", "o-resident", "image", NOW)
+    await media_store.media_blob_stored(db, "media-1", "k", "1" * 64, 9, "image/png", NOW)
     created = await file_case(db)
     record = await case_store.get_case(db, created.case_no)
     assert record is not None
@@ -273,8 +273,10 @@ async def test_evidence_fetched_before_filing_keeps_its_media_row(db: AsyncEngin
 
 
 async def test_callback_requests(db: AsyncEngine) -> None:
-    first = await case_store.record_callback_request(db, "o-a", "applicant_id", "不会填身份证", NOW)
-    second = await case_store.record_callback_request(db, "o-a", None, "", NOW)
+    first = await callback_store.record_callback_request(
+        db, "o-a", "applicant_id", "不会填身份证", NOW
+    )
+    second = await callback_store.record_callback_request(db, "o-a", None, "", NOW)
     assert second != first
     async with db.connect() as connection:
         rows = (
@@ -290,11 +292,11 @@ async def test_callback_requests(db: AsyncEngine) -> None:
 
 async def test_sync_organisations(db: AsyncEngine) -> None:
     bundled = load_routing_table(None)
-    await case_store.sync_organisations(db, bundled, now=NOW)
-    await case_store.sync_organisations(db, bundled, now=NOW)
+    await organisation_store.sync_organisations(db, bundled, now=NOW)
+    await organisation_store.sync_organisations(db, bundled, now=NOW)
     renamed = dataclasses.replace(bundled.default, name="新名称")
     smaller = RoutingTable([renamed, ORG], [RoutingRule(ORG.code)], renamed.code)
-    await case_store.sync_organisations(db, smaller, now=NOW)
+    await organisation_store.sync_organisations(db, smaller, now=NOW)
     async with db.connect() as connection:
         rows = (
             await connection.execute(

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from jiefen.errors import StorageUnavailable
-from state import case_store
+from state import callback_store, case_store, media_store
 from state.db import create_engine, migrate, session_factory
 from state.models import MediaBlob
 
@@ -31,7 +31,7 @@ async def test_postgresql_down_is_storage_unavailable() -> None:
         with pytest.raises(StorageUnavailable):
             await case_store.list_cases_for_openid(engine, "o-a")
         with pytest.raises(StorageUnavailable):
-            await case_store.record_callback_request(engine, "o-a", None, "", NOW)
+            await callback_store.record_callback_request(engine, "o-a", None, "", NOW)
     finally:
         await engine.dispose()
     with pytest.raises(StorageUnavailable):
@@ -42,7 +42,7 @@ async def test_missing_postgresql_database_is_storage_unavailable(pg_database_ur
     engine = create_engine(pg_database_url.rsplit("/", 1)[0] + "/jiefen_no_such_database")
     try:
         with pytest.raises(StorageUnavailable):
-            await case_store.get_media_blob(engine, "m")
+            await media_store.get_media_blob(engine, "m")
     finally:
         await engine.dispose()
 
@@ -51,7 +51,7 @@ async def test_unopenable_sqlite_file_is_storage_unavailable(tmp_path: Path) -> 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path.as_posix()}")  # a directory
     try:
         with pytest.raises(StorageUnavailable):
-            await case_store.get_media_blob(engine, "m")
+            await media_store.get_media_blob(engine, "m")
     finally:
         await engine.dispose()
     # aiosqlite 0.22 stops the worker thread of a failed connect without waiting for it; let
@@ -88,7 +88,7 @@ async def test_postgresql_recovers_after_its_connections_are_killed(pg_database_
     migrate(pg_database_url)
     engine = create_engine(pg_database_url)
     try:
-        await case_store.media_blob_pending(engine, "m-1", "o-a", "image", NOW)
+        await media_store.media_blob_pending(engine, "m-1", "o-a", "image", NOW)
         async with engine.connect() as connection:
             await connection.execute(
                 sa.text(
@@ -97,7 +97,7 @@ async def test_postgresql_recovers_after_its_connections_are_killed(pg_database_
                 )
             )
         # The pooled connection of the first call is dead; pre-ping replaces it.
-        assert await case_store.get_media_blob(engine, "m-1") is not None
+        assert await media_store.get_media_blob(engine, "m-1") is not None
     finally:
         await engine.dispose()
 
@@ -115,7 +115,7 @@ async def test_timestamps_come_back_aware_utc(database_url: str) -> None:
                 )
             )  # fmt: skip
             await session.commit()
-        blob = await case_store.get_media_blob(engine, "m")
+        blob = await media_store.get_media_blob(engine, "m")
         assert blob is not None
         assert blob.created_at == NOW and blob.created_at.utcoffset() == NOW.utcoffset()
         async with session_factory(engine)() as session:

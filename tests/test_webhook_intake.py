@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from bot.bench_webhook import intake_script
 from bot.wechat_simulator import CryptoMode, NoReply, Reply
-from state import case_store
+from state import case_store, media_store
 from state.message_gate import Turn
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
 from tests.harness import RunningJiefen, eventually, running_jiefen
@@ -209,8 +209,8 @@ async def test_evidence_is_fetched_from_wechat_into_the_store(
     delivery = await jiefen.send(jiefen.simulator.image(openid, "media-photo-1"))
     assert isinstance(delivery.reply, Reply) and "1" in (delivery.reply.content or "")
 
-    async def stored_blob() -> case_store.MediaBlobRecord | None:
-        blob = await case_store.get_media_blob(jiefen.services.db, "media-photo-1")
+    async def stored_blob() -> media_store.MediaBlobRecord | None:
+        blob = await media_store.get_media_blob(jiefen.services.db, "media-photo-1")
         return blob if blob is not None and blob.status == "stored" else None
 
     blob = await eventually(stored_blob)

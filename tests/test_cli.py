@@ -1,0 +1,106 @@
+"""The `jiefen` command as the README uses it: `serve` on embedded defaults, `chat`, `bench`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from bot.bench_webhook import intake_script
+from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
+
+JIEFEN = [sys.executable, "-m", "jiefen.cli"]
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment of a newcomer: no JIEFEN_ settings at all."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "jiefen serve exited early"
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("jiefen serve did not become healthy")
+
+
+def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [*JIEFEN, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, server)
+        lines = [*intake_script(3), "查询", "/图片", "/退出"]
+        chat = subprocess.run(
+            [*JIEFEN, "chat", "--url", url],
+            cwd=tmp_path,
+            env=_clean_env(),
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=20)
+    assert server.returncode == 0, output
+    assert f"{url}/wechat" in output  # serve prints the URLs it serves
+    assert "公众号：您好，欢迎使用「解纷」" in chat.stdout  # the welcome on following
+    case_numbers = set(re.findall(r"JF\d{8}-\d{4}", chat.stdout))
+    assert len(case_numbers) == 1, chat.stdout  # filed, then listed by 「查询」
+    assert chat.stdout.count(case_numbers.pop()) >= 2
+    # Embedded defaults: SQLite and the data key under ./var of the working directory.
+    assert (tmp_path / "var" / "jiefen.db").is_file()
+    assert (tmp_path / "var" / "keys" / "data.key").stat().st_mode & 0o077 == 0
+
+
+async def test_the_webhook_benchmark_runs_and_reports(redis_client: aioredis.Redis) -> None:
+    env = dict(
+        _clean_env(),
+        JIEFEN_BENCH_REDIS_URL=REDIS_URL,
+        JIEFEN_BENCH_DATABASE_URL=DATABASE_ADMIN_URL,
+    )
+    bench = await asyncio.create_subprocess_exec(
+        *JIEFEN,
+        *("bench", "webhook", "--users", "3", "--concurrency", "2", "--json"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(bench.communicate(), timeout=120)
+    assert bench.returncode == 0, stderr.decode()[-3000:]
+    figures = json.loads(stdout)
+    assert figures["failures"] == 0
+    assert figures["cases_created"] == 3
+    assert figures["messages"] == 3 * len(intake_script(0))
+    assert figures["server_cpu_us_per_message"] > 0
+    assert figures["latency_p50_ms"] <= figures["latency_p99_ms"]
