@@ -33,6 +33,9 @@ _TINY_PNG = bytes.fromhex(
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
 
+# An AMR-NB file: the magic header, then one frame of silence (mode 7, 31 bytes of payload).
+_SILENT_AMR = b"#!AMR\n" + bytes([0x3C]) + bytes(31)
+
 
 class ChatTerminal:
     """One simulated WeChat user talking to the webhook at ``webhook_url``."""
@@ -86,10 +89,11 @@ class ChatTerminal:
         openid = self._openid
         if command == "/图片":
             media_id = "dev-media-" + secrets.token_hex(8)
-            await self._upload_media(session, media_id)
+            await self._upload_media(session, media_id, _TINY_PNG, "image/png")
             return self._simulator.image(openid, media_id)
         if command == "/语音":
             media_id = "dev-voice-" + secrets.token_hex(8)
+            await self._upload_media(session, media_id, _SILENT_AMR, "audio/amr")
             return self._simulator.voice(openid, media_id, argument.strip() or None)
         if command == "/位置":
             return self._simulator.location(openid, 25.0389, 102.7183, argument.strip() or "昆明市")
@@ -143,13 +147,16 @@ class ChatTerminal:
             self._dev_api_url = None  # not the development account: pushes cannot be shown
             return 0
 
-    async def _upload_media(self, session: aiohttp.ClientSession, media_id: str) -> None:
+    async def _upload_media(
+        self, session: aiohttp.ClientSession, media_id: str, content: bytes, content_type: str
+    ) -> None:
+        """Give the development WeChat API the file behind ``media_id``, as WeChat would hold it."""
         if self._dev_api_url is None:
             return
         async with session.post(
             f"{self._dev_api_url}/_media",
-            params={"media_id": media_id, "type": "image/png"},
-            data=_TINY_PNG,
+            params={"media_id": media_id, "type": content_type},
+            data=content,
         ) as response:
             response.raise_for_status()
 

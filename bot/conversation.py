@@ -120,32 +120,44 @@ class ConversationService:
         jobs: JobQueue,
         desk: CaseDesk,
         sealer: Sealer,
-        turn_timeout_s: float = 30.0,
+        turn_lease_s: float = 30.0,
+        redis_timeout_s: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._gate = gate
         self._jobs = jobs
         self._desk = desk
         self._sealer = sealer
-        self._turn_timeout_s = turn_timeout_s
+        # A message may wait behind a few dead turns (each skipped after one lease); its HTTP
+        # request has long been answered by then, so waiting costs the resident nothing.
+        self._turn_wait_s = 4 * turn_lease_s
+        # Handling must end well inside the lease, or the turn is presumed dead and skipped.
+        self._handling_limit_s = max(turn_lease_s - 5.0, turn_lease_s / 2)
+        self._redis_timeout_s = redis_timeout_s
         self._clock = clock
 
-    async def process(self, inbound: InboundMessage) -> Processed | AlreadySeen:
+    async def process(
+        self, inbound: InboundMessage, *, passive: Callable[[], bool] = lambda: True
+    ) -> Processed | AlreadySeen:
         """Handle ``inbound`` exactly once across retries and processes.
 
+        ``passive()`` says, at commit time, whether the reply will be given passively; when it
+        is false the dedupe record says "pushed", so a retry never repeats a pushed reply.
         On any failure the turn is released and the dedupe record dropped, so that WeChat's
         retry of the same message is handled afresh: nothing the resident sent is lost.
         """
         keys = self._gate.keys(inbound.account, inbound.openid, inbound.message_key)
-        begun = await self._gate.begin(keys)
+        async with asyncio.timeout(self._redis_timeout_s):
+            begun = await self._gate.begin(keys)
         if isinstance(begun, Duplicate):
             return AlreadySeen(keys, begun)
         turn = begun
         try:
             if not turn.ready:
-                turn = await self._gate.wait_turn(keys, turn, timeout_s=self._turn_timeout_s)
+                turn = await self._gate.wait_turn(keys, turn, timeout_s=self._turn_wait_s)
             conversation = self._open(turn)
-            reply = await self._run_flow(inbound, conversation)
+            async with asyncio.timeout(self._handling_limit_s):
+                reply = await self._run_flow(inbound, conversation)
             stored = (
                 b""
                 if _is_blank(conversation)
@@ -153,7 +165,10 @@ class ConversationService:
                     conversation.dump(), purpose=CONVERSATION_PURPOSE
                 ).encode()
             )
-            await self._gate.commit(keys, turn, conversation=stored, reply=reply)
+            async with asyncio.timeout(self._redis_timeout_s):
+                await self._gate.commit(
+                    keys, turn, conversation=stored, reply=reply if passive() else None
+                )
         except BaseException:
             await asyncio.shield(self._release_quietly(keys, turn))
             raise
@@ -237,7 +252,8 @@ class ConversationService:
 
     async def _release_quietly(self, keys: GateKeys, turn: Turn) -> None:
         try:
-            await self._gate.release(keys, turn)
+            async with asyncio.timeout(self._redis_timeout_s):
+                await self._gate.release(keys, turn)
         except Exception:  # Redis itself failing: the turn lease expires on its own
             log.exception("could not release turn %s", turn.ticket)
 

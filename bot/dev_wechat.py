@@ -9,6 +9,7 @@ it media to fetch, the way the WeChat app would:
   user after the first ``N``, as JSON ``{"total": T, "messages": [text, ...]}``;
 - ``POST /dev/wechat-api/_media?media_id=ID&type=image/jpeg`` — register media content.
 
+Both answer requests from this machine only (they show any user's messages).
 Never mounted for a real account (any other ``JIEFEN_WECHAT_APPID`` or API base).
 """
 
@@ -27,6 +28,8 @@ def make_dev_wechat_app(fake: FakeWeChatAPI) -> web.Application:
     app = fake.make_app()
 
     async def sent(request: web.Request) -> web.Response:
+        if not _from_loopback(request):
+            return web.json_response({"error": "loopback only"}, status=403)
         touser = request.query.get("touser", "")
         try:
             after = max(0, int(request.query.get("after", "0")))
@@ -36,6 +39,8 @@ def make_dev_wechat_app(fake: FakeWeChatAPI) -> web.Application:
         return web.json_response({"total": len(texts), "messages": texts[after:]})
 
     async def media(request: web.Request) -> web.Response:
+        if not _from_loopback(request):
+            return web.json_response({"error": "loopback only"}, status=403)
         media_id = request.query.get("media_id", "")
         if not media_id:
             return web.json_response({"error": "media_id is required"}, status=400)
@@ -48,3 +53,7 @@ def make_dev_wechat_app(fake: FakeWeChatAPI) -> web.Application:
     app.router.add_get("/_sent", sent)
     app.router.add_post("/_media", media)
     return app
+
+
+def _from_loopback(request: web.Request) -> bool:
+    return request.remote in ("127.0.0.1", "::1")

@@ -52,6 +52,8 @@ class WebhookCodec:
     appid: str
     aes_key: str
     timestamp_tolerance_s: int
+    #: "plain", "compat" or "safe", as chosen in WeChat's admin page.
+    crypto_mode: str = "safe"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookCodec:
@@ -60,6 +62,7 @@ class WebhookCodec:
             appid=settings.wechat_appid,
             aes_key=settings.wechat_aes_key,
             timestamp_tolerance_s=settings.wechat_timestamp_tolerance_s,
+            crypto_mode=settings.wechat_crypto_mode,
         )
 
     def verify_url(self, params: Mapping[str, str]) -> str:
@@ -75,6 +78,12 @@ class WebhookCodec:
         self._check_timestamp(params, time.time() if now is None else now)
         self._check_signature(params)
         encrypted = params.get("encrypt_type", "raw").lower() == "aes"
+        if self.crypto_mode == "safe" and not encrypted:
+            # The plain signature does not cover the body: in safe mode only the
+            # msg_signature over the ciphertext authenticates what a push says.
+            raise BadSignature("plaintext push refused in safe mode")
+        if self.crypto_mode == "plain" and encrypted:
+            raise MalformedMessage("encrypted push but the account is in plaintext mode")
         xml = self._decrypt(params, body) if encrypted else body
         try:
             message = parse_message(xml)

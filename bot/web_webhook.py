@@ -74,12 +74,17 @@ class WebhookHandler:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         remaining = self._passive_deadline_s - (time.monotonic() - started)
-        await asyncio.wait([settled], timeout=max(remaining, 0.0))
-        if not settled.done():
-            settled.cancel()  # from now on the reply (if any) is pushed: see _process
+        try:
+            await asyncio.wait([settled], timeout=max(remaining, 0.0))
+        finally:
+            if not settled.done():
+                settled.cancel()  # from now on the reply (if any) is pushed: see _process
+        if settled.cancelled():
             return _success()
         if settled.exception() is not None:
-            return web.Response(status=500, text="retry")
+            # WeChat shows "service unavailable" for a 500 and may not retry: tell the
+            # resident plainly instead (everything they entered before is kept).
+            return self._answer(inbound, texts.MESSAGE_NOT_HANDLED)
         outcome = settled.result()
         if isinstance(outcome, AlreadySeen):
             return await self._answer_retry(inbound, outcome, started)
@@ -105,7 +110,7 @@ class WebhookHandler:
     ) -> None:
         """Handle ``inbound``; hand the outcome to the waiting request, or push it if it left."""
         try:
-            outcome = await self._service.process(inbound)
+            outcome = await self._service.process(inbound, passive=lambda: not settled.done())
         except Exception as error:
             log.exception("handling %s from a resident failed", inbound.message_key)
             if not settled.done():
@@ -118,8 +123,10 @@ class WebhookHandler:
             settled.set_result(outcome)
             return
         if isinstance(outcome, Processed) and outcome.reply:
-            await self._push_quietly(inbound.openid, split_for_wechat(outcome.reply))
+            # The request left while we committed: the record may say "reply", so mark it
+            # pushed before pushing (a retry then answers "success", never the reply again).
             await self._service.mark_pushed(outcome.keys)
+            await self._push_quietly(inbound.openid, split_for_wechat(outcome.reply))
 
     def _answer(self, inbound: InboundMessage, reply: str) -> web.Response:
         parts = split_for_wechat(reply)

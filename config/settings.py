@@ -9,8 +9,9 @@ development WeChat account that the bundled simulator and fake WeChat API server
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The development WeChat account used by `jiefen serve` and `jiefen chat` out of the box.
@@ -45,6 +46,9 @@ class Settings(BaseSettings):
     wechat_secret: str = DEV_WECHAT_SECRET
     #: 43-character EncodingAESKey; empty means plaintext mode only.
     wechat_aes_key: str = DEV_WECHAT_AES_KEY
+    #: The message encryption mode chosen in WeChat's admin page (明文 / 兼容 / 安全模式).
+    #: ``safe`` refuses plaintext pushes; ``compat`` accepts both; ``plain`` needs no AES key.
+    wechat_crypto_mode: Literal["plain", "compat", "safe"] = "safe"
     wechat_api_base: str = WECHAT_API_BASE
     #: Template used to reach a resident outside the 48 h customer-service window (optional).
     wechat_notice_template_id: str | None = None
@@ -79,6 +83,21 @@ class Settings(BaseSettings):
                 "JIEFEN_WECHAT_AES_KEY must be 43 characters (WeChat's EncodingAESKey)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_on_a_real_account(self) -> Self:
+        # The development token and AES key are public: a real account using them could be
+        # sent forged pushes by anyone.
+        if self.wechat_appid != DEV_WECHAT_APPID and (
+            self.wechat_token == DEV_WECHAT_TOKEN or self.wechat_aes_key == DEV_WECHAT_AES_KEY
+        ):
+            raise ValueError(
+                "a real WeChat account needs its own JIEFEN_WECHAT_TOKEN and "
+                "JIEFEN_WECHAT_AES_KEY (the development ones are public)"
+            )
+        if self.wechat_crypto_mode != "plain" and not self.wechat_aes_key:
+            raise ValueError("JIEFEN_WECHAT_AES_KEY is needed in compat and safe mode")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

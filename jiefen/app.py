@@ -147,11 +147,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             worker = asyncio.create_task(background.run(stop), name="embedded-worker")
         yield
     finally:
-        stop.set()
-        if worker is not None:
-            await worker
+        # Replies still being computed go to the outbox first; then the worker stops.
         if SERVICES in app:
             await app[SERVICES].webhook.drain()
+        stop.set()
+        if worker is not None:
+            await asyncio.wait([worker], timeout=15)
         await http.close()
         await redis.aclose()
         await db.dispose()

@@ -15,8 +15,6 @@ from aiohttp import web
 
 from config.settings import Settings
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -80,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from jiefen.access_log import PathOnlyAccessLogger
     from jiefen.app import create_app, uses_dev_wechat
 
     updates: dict[str, object] = {"embedded_worker": args.role == "all"}
@@ -104,7 +103,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=PathOnlyAccessLogger,
         print=None,
     )
     return 0

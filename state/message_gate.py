@@ -11,7 +11,10 @@ resident's messages may reach different processes at once. For each message the 
    - when it is this ticket's turn at once (the usual case), returns the stored conversation.
 2. :meth:`MessageGate.wait_turn` — only when another message of the same user is in progress:
    polls until this ticket's turn. A turn held longer than ``turn_lease_s`` is presumed dead (its
-   process crashed) and skipped, so one crash cannot block a resident for good.
+   process crashed) and skipped, so one crash cannot block a resident for good; a skipped turn
+   that was alive after all finds at commit that it lost its turn and stores nothing. A message
+   that gives up while waiting leaves the queue (``abandoned``) without letting later ones
+   jump ahead of the message still running.
 3. :meth:`MessageGate.commit` — one round trip: stores the new conversation (with its TTL, which
    is how a half-finished intake expires), records the reply under the dedupe key for retries,
    and passes the turn on.
@@ -35,6 +38,17 @@ PENDING = "pending"
 PUSHED = "pushed"
 _REPLY_PREFIX = "r:"
 
+# Moves ``serving`` past tickets whose message gave up (SREM'd from the abandoned set as it
+# goes) and restarts the lease clock for whoever's turn it now is. KEYS: serving, turn-since,
+# abandoned; expects local ``serving`` and ``now``.
+_STEP_OVER_ABANDONED = """
+while redis.call('SREM', abandoned_key, tostring(serving + 1)) == 1 do
+  serving = serving + 1
+end
+redis.call('SET', serving_key, tostring(serving), 'EX', queue_ttl)
+redis.call('SET', since_key, tostring(now), 'EX', queue_ttl)
+"""
+
 _BEGIN = """
 local existing = redis.call('GET', KEYS[1])
 if existing then return {'dup', existing} end
@@ -51,38 +65,79 @@ end
 return {'wait', tostring(ticket), ''}
 """
 
-_TRY_TURN = """
+_TRY_TURN = (
+    """
+local serving_key, since_key, abandoned_key = KEYS[1], KEYS[2], KEYS[4]
 local ticket = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
-local serving = tonumber(redis.call('GET', KEYS[1]) or '0')
+local queue_ttl = ARGV[4]
+local serving = tonumber(redis.call('GET', serving_key) or '0')
 if serving < ticket - 1 then
-  local since = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local since = tonumber(redis.call('GET', since_key) or '0')
   if now - since > tonumber(ARGV[3]) then
+    -- The turn's holder outlived its lease: presume its process dead and skip it.
     serving = serving + 1
-    redis.call('SET', KEYS[1], tostring(serving), 'EX', ARGV[4])
-    redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+"""
+    + _STEP_OVER_ABANDONED
+    + """
   end
 end
-if serving >= ticket - 1 then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+if serving == ticket - 1 then
+  redis.call('SET', since_key, tostring(now), 'EX', queue_ttl)
   return {'go', redis.call('GET', KEYS[3]) or ''}
 end
+if serving >= ticket then return {'lost', ''} end
 return {'wait', ''}
 """
+)
 
-_COMMIT = """
+_COMMIT = (
+    """
+local serving_key, since_key, abandoned_key = KEYS[3], KEYS[4], KEYS[5]
+local ticket = tonumber(ARGV[5])
+local queue_ttl = ARGV[6]
+local now = tonumber(ARGV[7])
+local serving = tonumber(redis.call('GET', serving_key) or '0')
+if serving ~= ticket - 1 then
+  -- Our turn was skipped (we outlived the lease): someone else may have moved on.
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[3] == '' then
   redis.call('DEL', KEYS[2])
 else
   redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 end
-local serving = tonumber(redis.call('GET', KEYS[3]) or '0')
-if tonumber(ARGV[5]) > serving then
-  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
+serving = ticket
+"""
+    + _STEP_OVER_ABANDONED
+    + """
+return 1
+"""
+)
+
+_RELEASE = (
+    """
+local serving_key, since_key, abandoned_key = KEYS[2], KEYS[3], KEYS[4]
+local ticket = tonumber(ARGV[1])
+local queue_ttl = ARGV[2]
+local now = tonumber(ARGV[3])
+redis.call('DEL', KEYS[1])
+local serving = tonumber(redis.call('GET', serving_key) or '0')
+if serving == ticket - 1 then
+  -- It was our turn: pass it on.
+  serving = ticket
+"""
+    + _STEP_OVER_ABANDONED
+    + """
+elseif serving < ticket - 1 then
+  -- Still waiting: leave the queue without jumping it; our turn is skipped when it comes.
+  redis.call('SADD', abandoned_key, tostring(ticket))
+  redis.call('EXPIRE', abandoned_key, queue_ttl)
 end
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +172,7 @@ class GateKeys:
     serving: str
     turn_since: str
     conversation: str
+    abandoned: str
 
 
 class MessageGate:
@@ -142,6 +198,7 @@ class MessageGate:
         self._begin = redis.register_script(_BEGIN)
         self._try_turn = redis.register_script(_TRY_TURN)
         self._commit = redis.register_script(_COMMIT)
+        self._release = redis.register_script(_RELEASE)
 
     def keys(self, account: str, openid: str, message_key: str) -> GateKeys:
         user = f"{self._prefix}user:{account}:{openid}:"
@@ -151,6 +208,7 @@ class MessageGate:
             serving=user + "serving",
             turn_since=user + "turn-since",
             conversation=user + "conversation",
+            abandoned=user + "abandoned",
         )
 
     async def begin(self, keys: GateKeys) -> Duplicate | Turn:
@@ -169,11 +227,13 @@ class MessageGate:
         deadline = time.monotonic() + timeout_s
         while True:
             tag, conversation = await self._try_turn(
-                keys=[keys.serving, keys.turn_since, keys.conversation],
+                keys=[keys.serving, keys.turn_since, keys.conversation, keys.abandoned],
                 args=[turn.ticket, _now_ms(), self._turn_lease_ms, self._queue_ttl_s],
             )
             if _text(tag) == "go":
                 return Turn(ticket=turn.ticket, ready=True, conversation=_bytes(conversation))
+            if _text(tag) == "lost":
+                raise LockTimeout(f"turn {turn.ticket} was skipped while waiting")
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"turn {turn.ticket} not reached in {timeout_s} s")
             await asyncio.sleep(self._poll_interval_s)
@@ -181,10 +241,14 @@ class MessageGate:
     async def commit(
         self, keys: GateKeys, turn: Turn, *, conversation: bytes, reply: str | None
     ) -> None:
-        """Store ``conversation`` (b'' deletes it), keep ``reply`` for retries, pass the turn."""
+        """Store ``conversation`` (b'' deletes it), keep ``reply`` for retries, pass the turn.
+
+        Raises :class:`LockTimeout`, storing nothing, when the turn was skipped meanwhile (it
+        outlived its lease): a later message may already have moved the conversation on.
+        """
         record = PUSHED if reply is None else _REPLY_PREFIX + reply
-        await self._commit(
-            keys=[keys.dedupe, keys.conversation, keys.serving],
+        stored = await self._commit(
+            keys=[keys.dedupe, keys.conversation, keys.serving, keys.turn_since, keys.abandoned],
             args=[
                 record,
                 self._dedupe_ttl_s,
@@ -192,19 +256,27 @@ class MessageGate:
                 self._conversation_ttl_s,
                 turn.ticket,
                 self._queue_ttl_s,
+                _now_ms(),
             ],
         )
+        if not stored:
+            raise LockTimeout(f"turn {turn.ticket} was skipped before it could commit")
 
     async def mark_pushed(self, keys: GateKeys) -> None:
         """Record that the reply went out by push, so that a retry does not repeat it passively."""
         await self._redis.set(keys.dedupe, PUSHED, ex=self._dedupe_ttl_s)
 
     async def release(self, keys: GateKeys, turn: Turn) -> None:
-        """Pass the turn on without storing anything (the message could not be handled)."""
-        await self._redis.delete(keys.dedupe)
-        serving = await self._redis.get(keys.serving)
-        if serving is None or int(serving) < turn.ticket:
-            await self._redis.set(keys.serving, turn.ticket, ex=self._queue_ttl_s)
+        """Give up on a message without storing anything (it could not be handled).
+
+        Its dedupe record goes, so WeChat's retry is handled afresh. If it held the turn, the
+        turn passes on; if it was still waiting, it leaves the queue without letting later
+        messages jump ahead of the one now running.
+        """
+        await self._release(
+            keys=[keys.dedupe, keys.serving, keys.turn_since, keys.abandoned],
+            args=[turn.ticket, self._queue_ttl_s, _now_ms()],
+        )
 
     async def read_dedupe(self, keys: GateKeys) -> Duplicate | None:
         value = await self._redis.get(keys.dedupe)

@@ -97,6 +97,7 @@ async def running_jiefen(
         wechat_token=DEV_WECHAT_TOKEN,
         wechat_appid=DEV_WECHAT_APPID,
         wechat_aes_key=DEV_WECHAT_AES_KEY,
+        wechat_crypto_mode=mode.value,
         **overrides,
     )
     app = create_app(settings)

@@ -110,3 +110,55 @@ async def test_mark_pushed_stops_a_retry_from_repeating_the_reply(
     await gate.mark_pushed(keys)
     assert await gate.begin(keys) == Duplicate(pending=False, pushed=True, reply=None)
     assert await redis_client.exists(keys.conversation) == 0  # b'' deletes the conversation
+
+
+async def test_a_waiter_that_gives_up_does_not_let_later_messages_jump_the_queue(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=60, poll_interval_s=0.005)
+    keys = [gate.keys("gh_a", "o_user", f"msg:{n}") for n in range(3)]
+    running, giving_up, later = [await gate.begin(k) for k in keys]
+    assert isinstance(running, Turn) and isinstance(giving_up, Turn) and isinstance(later, Turn)
+    await gate.release(keys[1], giving_up)  # e.g. its wait timed out
+    with pytest.raises(LockTimeout):  # the first message still runs: the third must wait
+        await gate.wait_turn(keys[2], later, timeout_s=0.2)
+    await gate.commit(keys[0], running, conversation=b"first", reply="1")
+    turn = await gate.wait_turn(keys[2], later, timeout_s=1)  # the abandoned one is stepped over
+    assert turn.ready and turn.conversation == b"first"
+
+
+async def test_every_waiter_behind_a_dead_turn_gets_its_turn_in_order(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=0.2, poll_interval_s=0.005)
+    dead = await gate.begin(gate.keys("gh_a", "o_user", "msg:dead"))
+    assert isinstance(dead, Turn) and dead.ready  # its process never commits
+    keys = [gate.keys("gh_a", "o_user", f"msg:{n}") for n in range(3)]
+    turns = [await gate.begin(k) for k in keys]
+    order: list[int] = []
+
+    async def run(index: int) -> None:
+        turn = turns[index]
+        assert isinstance(turn, Turn)
+        turn = await gate.wait_turn(keys[index], turn, timeout_s=5)
+        order.append(index)
+        await gate.commit(keys[index], turn, conversation=str(index).encode(), reply="")
+
+    await asyncio.gather(*(run(i) for i in range(3)))
+    assert order == [0, 1, 2]
+
+
+async def test_a_turn_skipped_for_outliving_its_lease_stores_nothing(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=0.1, poll_interval_s=0.005)
+    slow_keys = gate.keys("gh_a", "o_user", "msg:slow")
+    slow = await gate.begin(slow_keys)
+    next_keys = gate.keys("gh_a", "o_user", "msg:next")
+    waiting = await gate.begin(next_keys)
+    assert isinstance(slow, Turn) and isinstance(waiting, Turn)
+    taken_over = await gate.wait_turn(next_keys, waiting, timeout_s=2)
+    await gate.commit(next_keys, taken_over, conversation=b"newer", reply="")
+    with pytest.raises(LockTimeout):
+        await gate.commit(slow_keys, slow, conversation=b"stale", reply="")
+    assert await redis_client.get(slow_keys.conversation) == b"newer"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.wechat_simulator import CryptoMode, Reply
+from bot.wechat_simulator import CryptoMode, Reply, WeChatSimulator
+from config.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.harness import RunningJiefen, running_jiefen
 
@@ -94,3 +95,25 @@ async def test_garbage_is_refused_and_nothing_crashes(jiefen: RunningJiefen) -> 
         status, _ = await jiefen.post_raw(push)
         assert status in (400, 403), push
     await _still_serving(jiefen)
+
+
+async def test_safe_mode_refuses_plaintext_pushes(
+    pg_database_url: str, redis_client: object, redis_prefix: str, tmp_path: Path
+) -> None:
+    async with running_jiefen(
+        database_url=pg_database_url,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        data_dir=tmp_path,
+        mode=CryptoMode.SAFE,
+    ) as jiefen:
+        plain = WeChatSimulator(
+            jiefen.settings.wechat_token, jiefen.settings.wechat_appid, "", CryptoMode.PLAIN
+        )
+        status, _ = await jiefen.post_raw(plain.text(OPENID, "查询"))
+        assert status == 403
+
+
+def test_a_real_account_cannot_run_on_the_public_development_secrets() -> None:
+    with pytest.raises(ValueError, match="JIEFEN_WECHAT_TOKEN"):
+        Settings(wechat_appid="wx_real_account_01", wechat_secret="s")
