@@ -21,6 +21,7 @@ from cases.draft import (
     MediationMode,
     Place,
 )
+from cases.id_number import mask_id_number
 from flows import texts, validators
 from flows.conversation_state import AnswerValue, ConversationState
 from flows.events import Location
@@ -157,8 +158,8 @@ INTAKE_FLOW = Flow(
             example=texts.ID_EXAMPLE,
             help=texts.ID_HELP,
             parse=_id_number,
-            show=validators.mask_id_number,
-            acknowledge=lambda id_number: texts.id_recorded(validators.mask_id_number(id_number)),
+            show=mask_id_number,
+            acknowledge=lambda id_number: texts.id_recorded(mask_id_number(id_number)),
         ),
         Step(
             key="respondent_name",

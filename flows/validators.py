@@ -17,6 +17,7 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 
 from cases.draft import Category, LanguageNeed, MediationMode, Place
+from cases.id_number import id_check_code
 from flows import texts
 from flows.numerals import chinese_number
 from jiefen.errors import InvalidInput
@@ -161,13 +162,6 @@ _PROVINCES = frozenset(
      "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64",
      "65", "71", "81", "82", "83")
 )  # fmt: skip
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK_CODES = "10X98765432"
-
-
-def id_check_code(first17: str) -> str:
-    """The GB 11643 check character for the first 17 digits of a resident ID."""
-    return _ID_CHECK_CODES[sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS, strict=True)) % 11]
 
 
 def parse_id_number(text: str, *, today: datetime.date | None = None) -> str:
@@ -197,13 +191,6 @@ def parse_id_number(text: str, *, today: datetime.date | None = None) -> str:
     if id_check_code(s[:17]) != s[17]:
         raise InvalidInput(texts.ID_BAD_CHECKSUM)
     return s
-
-
-def mask_id_number(id_number: str) -> str:
-    """The ID with all but the first 4 and last 4 characters hidden: 5301**********123X."""
-    if len(id_number) <= 8:
-        return "*" * len(id_number)
-    return id_number[:4] + "*" * (len(id_number) - 8) + id_number[-4:]
 
 
 # --- names ------------------------------------------------------------------------------------

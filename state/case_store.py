@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cases.case_number import CaseNumber, china_day
 from cases.draft import CaseDraft, Category, EvidenceKind
+from cases.id_number import mask_id_number, normalise_id_number
 from cases.routing import Organisation
 from cases.status import INITIAL_STATUS, CaseStatus, check_transition
 from state._sql import table_of, upsert
@@ -49,13 +50,7 @@ from state.models import (
 )
 from state.models import Organisation as OrganisationRow
 from state.organisation_store import organisation_row
-from state.personal_data import (
-    ID_NUMBER_PURPOSE,
-    PersonalDataProtector,
-    mask_id_number,
-    normalise_id_number,
-    redact_id_numbers,
-)
+from state.personal_data import ID_NUMBER_PURPOSE, PersonalDataProtector, redact_id_numbers
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cases.id_number import is_valid_id_number, mask_id_number
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
 
@@ -41,8 +42,6 @@ _KEY_ID_BYTES = 4
 _VERSION = "v1"
 ID_NUMBER_PURPOSE = "id_number"
 
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK = "10X98765432"
 # An 18-character resident ID not glued to other digits; checksum decides whether it is one.
 _ID_LIKE = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
 
@@ -102,27 +101,6 @@ class PersonalDataProtector:
         """
         message = purpose.encode() + b"\x00" + value.encode()
         return hmac.new(self._index_key, message, hashlib.sha256).hexdigest()
-
-
-def normalise_id_number(value: str) -> str:
-    """Upper-case, without spaces or dashes: the one form encrypted and indexed."""
-    return re.sub(r"[\s-]", "", value).upper()
-
-
-def is_valid_id_number(value: str) -> bool:
-    """True for an 18-character resident ID whose GB 11643 check character is right."""
-    if len(value) != 18 or not value[:17].isdigit():
-        return False
-    total = sum(int(digit) * weight for digit, weight in zip(value[:17], _ID_WEIGHTS, strict=True))
-    return _ID_CHECK[total % 11] == value[17].upper()
-
-
-def mask_id_number(value: str) -> str:
-    """First 4 and last 4 characters, the 10 between as ``*``: ``5301**********123X``."""
-    normal = normalise_id_number(value)
-    if len(normal) != 18:
-        raise ValueError("an ID number to mask must have 18 characters")
-    return normal[:4] + "*" * 10 + normal[-4:]
 
 
 def redact_id_numbers(text: str) -> str:

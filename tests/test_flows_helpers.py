@@ -12,6 +12,7 @@ import datetime
 import json
 
 from cases.draft import EvidenceKind
+from cases.id_number import id_check_code
 from flows.conversation_state import ConversationState, Phase
 from flows.effects import CreateCase, Effect, FetchMedia, ListCases, Reply, RequestHuman
 from flows.engine import advance
@@ -25,7 +26,6 @@ from flows.events import (
     Unsubscribe,
 )
 from flows.intake import INTAKE_FLOW
-from flows.validators import id_check_code
 
 NOW = datetime.datetime(2026, 11, 21, 9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=8)))
 WECHAT_TEXT_LIMIT_BYTES = 2048

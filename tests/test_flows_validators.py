@@ -8,10 +8,9 @@ from decimal import Decimal
 import pytest
 
 from cases.draft import Category, LanguageNeed, MediationMode, Place
+from cases.id_number import id_check_code, mask_id_number
 from flows import texts
 from flows.validators import (
-    id_check_code,
-    mask_id_number,
     parse_amount,
     parse_category,
     parse_claim,

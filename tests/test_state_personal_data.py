@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from cases.id_number import is_valid_id_number, mask_id_number, normalise_id_number
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
 from state.personal_data import (
     PersonalDataProtector,
-    is_valid_id_number,
     load_or_create_data_key,
-    mask_id_number,
-    normalise_id_number,
     redact_id_numbers,
 )
 
