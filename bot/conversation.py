@@ -13,6 +13,7 @@ ID number. Its transcript masks ID numbers before they are stored at all.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -46,7 +47,13 @@ class CaseDesk(Protocol):
     """What the conversation needs from the case side (implemented by ``cases.service``)."""
 
     async def open_case(
-        self, draft: Any, *, openid: str, intake: list[dict[str, str]], now: datetime
+        self,
+        draft: Any,
+        *,
+        openid: str,
+        intake: list[dict[str, str]],
+        now: datetime,
+        submission_key: str,
     ) -> events.CaseCreated | events.CaseCreationFailed: ...
 
     async def list_cases(self, openid: str) -> events.CasesListed: ...
@@ -102,6 +109,15 @@ class StoredConversation:
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("unreadable stored conversation; starting afresh")
             return cls(ConversationState.initial())
+
+    def submission_key(self, account: str, openid: str) -> str:
+        """Names this intake: the resident and the moment it began (its first transcript line).
+
+        Confirming the same intake twice gives the same key, so the case store files it once.
+        """
+        began = self.transcript[0]["at"] if self.transcript else ""
+        digest = hashlib.sha256(f"{account}\x00{openid}\x00{began}".encode()).hexdigest()
+        return "intake:" + digest[:48]
 
     def record(self, direction: str, msg_type: str, content: str, at: datetime) -> None:
         self.transcript.append(
@@ -210,6 +226,7 @@ class ConversationService:
                     openid=inbound.openid,
                     intake=list(conversation.transcript),
                     now=now,
+                    submission_key=conversation.submission_key(inbound.account, inbound.openid),
                 )
             elif isinstance(effect, effects.ListCases):
                 feedback = await self._desk.list_cases(inbound.openid)

@@ -54,8 +54,12 @@ class CaseService:
         openid: str,
         intake: Sequence[dict[str, str]],
         now: datetime,
+        submission_key: str,
     ) -> events.CaseCreated | events.CaseCreationFailed:
-        """Route and store ``draft``; ``CaseCreationFailed`` when storage is unavailable."""
+        """Route and store ``draft``; ``CaseCreationFailed`` when storage is unavailable.
+
+        ``submission_key`` names the intake: filing the same one again returns its case.
+        """
         organisation = self._routing.route(draft.category, draft.place.text)
         deadline = add_working_days(
             now.astimezone(CHINA).date(), ASSIGN_WITHIN_WORKING_DAYS, self._holidays
@@ -79,6 +83,7 @@ class CaseService:
                 intake=lines,
                 protector=self._protector,
                 now=now,
+                submission_key=submission_key,
             )
         except StorageUnavailable as error:
             log.warning("case not created, storage unavailable: %s", error)

@@ -21,6 +21,7 @@ consecutive. The unique constraint on ``case_no`` is the backstop.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -189,8 +190,13 @@ async def create_case(
     intake: Sequence[IntakeLine],
     protector: PersonalDataProtector,
     now: datetime,
+    submission_key: str | None = None,
 ) -> CreatedCase:
     """Store ``draft`` as a new case routed to ``organisation``, numbered for ``now``'s China day.
+
+    ``submission_key`` names the intake being filed: if a case was already stored under it (a
+    retry after a failure that struck once the case was stored), that case is returned and
+    nothing new is stored.
 
     One transaction: the number, the case (status ``AWAITING_ACCEPTANCE``, with its two
     history rows), both parties (the applicant's ID encrypted, masked and blind-indexed),
@@ -198,12 +204,21 @@ async def create_case(
     conversation; ID numbers typed into free text are masked. Raises StorageUnavailable when
     the database cannot be reached; nothing is stored then.
     """
-    filing = _Filing(draft, applicant_openid, organisation, accept_deadline, intake, now)
+    filing = _Filing(
+        draft, applicant_openid, organisation, accept_deadline, intake, now, submission_key
+    )
     with storage_errors("store the new case"):
+        if submission_key is not None and (earlier := await _filed_under(db, submission_key)):
+            log.warning("intake already filed as %s; not filing it again", earlier.case_no)
+            return earlier
         try:
             async with db.begin() as connection:
                 case_no = await _insert_case(connection, filing, protector)
         except sqlalchemy.exc.IntegrityError as error:
+            if submission_key is not None and "submission_key" in str(error.orig):
+                earlier = await _filed_under(db, submission_key)
+                if earlier is not None:  # filed by a concurrent retry a moment ago
+                    return earlier
             if "case_no" not in str(error.orig):
                 raise
             # The counter is behind the cases (restored from an old backup, edited by hand):
@@ -219,6 +234,27 @@ async def create_case(
     )
 
 
+async def _filed_under(db: AsyncEngine, submission_key: str) -> CreatedCase | None:
+    query = (
+        sa.select(
+            _CASES.c.case_no,
+            _CASES.c.accept_deadline,
+            _CASES.c.status,
+            _ORGS.c.name,
+            _ORGS.c.phone,
+        )
+        .join(_ORGS, _ORGS.c.code == _CASES.c.org_code)
+        .where(_CASES.c.submission_key == submission_key)
+    )
+    async with db.connect() as connection:
+        row = (await connection.execute(query)).first()
+    if row is None:
+        return None
+    return CreatedCase(
+        row.case_no, row.name, row.phone, row.accept_deadline, CaseStatus(row.status)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Filing:
     draft: CaseDraft
@@ -227,22 +263,25 @@ class _Filing:
     accept_deadline: date
     intake: Sequence[IntakeLine]
     now: datetime
+    submission_key: str | None
 
 
 async def _insert_case(
     connection: AsyncConnection, filing: _Filing, protector: PersonalDataProtector
 ) -> str:
     draft, now, org = filing.draft, filing.now, filing.organisation
-    # The counter first: its row lock orders concurrent filings before any other work.
-    day = china_day(now)
-    case_no = str(CaseNumber(day, await _next_counter(connection, day)))
+    # The case goes in under a placeholder number; the real one is allocated as the last
+    # statement, so that the counter row's lock (which serialises every filing of the day) is
+    # held for two statements and the commit, not for the whole filing.
+    placeholder = "pending-" + secrets.token_hex(12)
     await connection.execute(
         upsert(connection, _ORGS)
         .values(**organisation_row(org, now))
         .on_conflict_do_nothing(index_elements=[_ORGS.c.code])
     )  # normally synced at start-up; keeps the foreign key whole for one added since
     values = {
-        "case_no": case_no,
+        "case_no": placeholder,
+        "submission_key": filing.submission_key,
         "status": INITIAL_STATUS.value,
         "category": draft.category.value,
         "place_text": draft.place.text,
@@ -306,6 +345,11 @@ async def _insert_case(
             sa.insert(_INTAKE),
             [_intake_row(case_id, seq, line) for seq, line in enumerate(filing.intake, start=1)],
         )
+    day = china_day(now)
+    case_no = str(CaseNumber(day, await _next_counter(connection, day)))
+    await connection.execute(
+        sa.update(_CASES).where(_CASES.c.id == case_id).values(case_no=case_no)
+    )
     return case_no
 
 

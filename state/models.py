@@ -90,10 +90,14 @@ class Case(SQLModel, table=True):
         sa.Index("ix_cases_applicant_openid_created_at", "applicant_openid", "created_at"),
         sa.Index("ix_cases_org_code_status", "org_code", "status"),
         sa.Index("ix_cases_status_accept_deadline", "status", "accept_deadline"),
+        sa.Index("ix_cases_submission_key", "submission_key", unique=True),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     case_no: str = Field(max_length=32, unique=True)
+    #: Identifies the intake that filed this case, so that filing it again (a retry after a
+    #: failure that struck once the case was stored) finds this case instead of a second one.
+    submission_key: str | None = Field(default=None, max_length=64)
     status: str = Field(max_length=32)
     category: str = Field(max_length=32)
     place_text: str = Field(sa_type=sa.Text)

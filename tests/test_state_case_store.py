@@ -75,7 +75,11 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def file_case(
-    db: AsyncEngine, now: datetime = NOW, openid: str = "o-resident", **changes: Any
+    db: AsyncEngine,
+    now: datetime = NOW,
+    openid: str = "o-resident",
+    submission_key: str | None = None,
+    **changes: Any,
 ) -> case_store.CreatedCase:
     return await case_store.create_case(
         db,
@@ -86,6 +90,7 @@ async def file_case(
         intake=INTAKE,
         protector=PROTECTOR,
         now=now,
+        submission_key=submission_key,
     )
 
 
@@ -152,6 +157,17 @@ async def test_id_number_is_encrypted_at_rest(db: AsyncEngine) -> None:
         ).one()
     assert PROTECTOR.decrypt(token, purpose="id_number") == ID_NUMBER
     assert index == PROTECTOR.blind_index(ID_NUMBER)
+
+
+async def test_filing_the_same_intake_twice_gives_back_the_first_case(db: AsyncEngine) -> None:
+    first = await file_case(db, submission_key="intake:abc")
+    again = await file_case(db, now=NOW + timedelta(minutes=1), submission_key="intake:abc")
+    other = await file_case(db, submission_key="intake:other")
+    assert again == first
+    assert other.case_no == "JF20261121-0002"  # the retry took no number
+    async with db.connect() as connection:
+        count = (await connection.execute(sa.text("SELECT count(*) FROM cases"))).scalar_one()
+    assert count == 2
 
 
 async def test_numbers_restart_each_china_day(db: AsyncEngine) -> None:

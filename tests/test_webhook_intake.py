@@ -198,6 +198,25 @@ async def test_database_down_at_confirmation_loses_nothing(
     assert CASE_NO.search(accepted), accepted
 
 
+async def test_confirming_again_after_a_lost_commit_files_no_second_case(start: Factory) -> None:
+    """The case is stored but the conversation's commit is lost (Redis failed just then): the
+    resident is back at the summary and confirms again. They get the same case, not a twin."""
+    jiefen = await start()
+    openid = "o_lost_commit"
+    await _fill(jiefen, openid, STEP["summary"])
+    gate = jiefen.conversation_gate()
+    conversation_key = gate.keys("gh_jiefen", openid, "-").conversation
+    before_confirming = await jiefen.services.redis.get(conversation_key)
+    assert before_confirming
+    first = CASE_NO.search(await jiefen.say(openid, "确认"))
+    await jiefen.services.redis.set(conversation_key, before_confirming)  # the lost commit
+    second = CASE_NO.search(await jiefen.say(openid, "确认"))
+    assert first and second and first.group(0) == second.group(0)
+    async with jiefen.services.db.connect() as connection:
+        count = (await connection.execute(sa.text("SELECT count(*) FROM cases"))).scalar_one()
+    assert count == 1
+
+
 async def test_evidence_is_fetched_from_wechat_into_the_store(
     start: Factory, tmp_path: Path
 ) -> None:
