@@ -73,6 +73,8 @@ class Settings(BaseSettings):
 
     #: Run background jobs (outbox, media fetch) inside ``jiefen serve``.
     embedded_worker: bool = True
+    #: ``auto`` runs on uvloop where it is installed, else on asyncio's own loop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log_level: str = "INFO"
 
     @field_validator("wechat_aes_key")

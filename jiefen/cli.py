@@ -101,12 +101,26 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     web.run_app(
         create_app(settings),
+        loop=new_event_loop(settings),
         host=settings.host,
         port=settings.port,
         access_log_class=PathOnlyAccessLogger,
         print=None,
     )
     return 0
+
+
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """The event loop ``settings.event_loop`` asks for (uvloop when ``auto`` and installed)."""
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -120,8 +134,11 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await runner.cleanup()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=lambda: new_event_loop(settings)) as runner,
+    ):
+        runner.run(run())
     return 0
 
 
