@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -129,8 +130,14 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
         runner = web.AppRunner(create_app(settings.model_copy(update={"embedded_worker": True})))
         await runner.setup()  # opens every resource and starts the job loop; serves no HTTP
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stop.set)
+        print("解纷 Jiefen worker running (outbox, evidence download, call-back requests)")
+        sys.stdout.flush()
         try:
-            await asyncio.Event().wait()
+            await stop.wait()  # a job in progress finishes; the rest stay queued in Redis
         finally:
             await runner.cleanup()
 

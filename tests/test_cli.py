@@ -13,10 +13,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import redis.asyncio as aioredis
 
 from bot.bench_webhook import intake_script
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
+from tests.harness import eventually
 
 JIEFEN = [sys.executable, "-m", "jiefen.cli"]
 
@@ -104,3 +106,65 @@ async def test_the_webhook_benchmark_runs_and_reports(redis_client: aioredis.Red
     assert figures["messages"] == 3 * len(intake_script(0))
     assert figures["server_cpu_us_per_message"] > 0
     assert figures["latency_p50_ms"] <= figures["latency_p99_ms"]
+
+
+async def test_web_and_worker_processes_share_the_work(
+    redis_client: aioredis.Redis, redis_prefix: str, pg_database_url: str, tmp_path: Path
+) -> None:
+    """Production shape: `serve --role web` answers WeChat, a separate `jiefen worker` pushes
+    the replies that missed the passive window; they share only Redis and PostgreSQL."""
+    from bot.fake_wechat_api import running_fake_wechat_api
+    from bot.wechat_simulator import CryptoMode, NoReply, WeChatSimulator
+    from config.settings import DEV_WECHAT_AES_KEY, DEV_WECHAT_APPID, DEV_WECHAT_TOKEN
+
+    async with running_fake_wechat_api() as (fake, fake_url):
+        env = dict(
+            _clean_env(),
+            JIEFEN_DATABASE_URL=pg_database_url,
+            JIEFEN_REDIS_URL=REDIS_URL,
+            JIEFEN_REDIS_PREFIX=redis_prefix,
+            JIEFEN_DATA_DIR=str(tmp_path),
+            JIEFEN_WECHAT_API_BASE=fake_url,
+            JIEFEN_PASSIVE_REPLY_DEADLINE_S="0",
+        )
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        web_process = await asyncio.create_subprocess_exec(
+            *JIEFEN, "serve", "--port", str(port), "--role", "web", env=env
+        )
+        worker = await asyncio.create_subprocess_exec(*JIEFEN, "worker", env=env)
+        try:
+            await asyncio.to_thread(_wait_healthy_async_process, url, web_process)
+            simulator = WeChatSimulator(
+                DEV_WECHAT_TOKEN, DEV_WECHAT_APPID, DEV_WECHAT_AES_KEY, CryptoMode.SAFE
+            )
+            async with aiohttp.ClientSession() as session:
+                delivery = await simulator.deliver(
+                    session, f"{url}/wechat", simulator.subscribe("o_two_processes")
+                )
+            assert isinstance(delivery.reply, NoReply)  # missed the (zero) passive window
+            await eventually(lambda: _as_awaitable(fake.sent), wait_s=20)
+            assert [m.touser for m in fake.sent] == ["o_two_processes"]
+            assert "我要调解" in (fake.sent[0].content or "")
+        finally:
+            for process in (web_process, worker):
+                process.terminate()
+            codes = [await asyncio.wait_for(p.wait(), 20) for p in (web_process, worker)]
+        assert codes == [0, 0]
+
+
+def _wait_healthy_async_process(url: str, process: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.returncode is None, "jiefen serve exited early"
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("jiefen serve did not become healthy")
+
+
+async def _as_awaitable(value: object) -> object:
+    return value
