@@ -67,6 +67,10 @@ class WebhookHandler:
         except RequestRejected as error:
             log.warning("webhook push refused (%s): %s", type(error).__name__, error)
             return web.Response(status=error.status, text=type(error).__name__)
+        return await self.receive_decoded(inbound, started)
+
+    async def receive_decoded(self, inbound: InboundMessage, started: float) -> web.Response:
+        """Handle a checked push; answer by ``started`` + the passive deadline."""
         settled: asyncio.Future[Processed | AlreadySeen] = (
             asyncio.get_running_loop().create_future()
         )
@@ -150,7 +154,10 @@ class WebhookHandler:
                 return _success()  # the first delivery pushes its reply when it is done
             await asyncio.sleep(0.05)
             duplicate = await self._service.read_duplicate(seen.keys)
-        if duplicate is None or duplicate.reply is None:
+        if duplicate is None:
+            # The first delivery failed and let go of the message: handle it afresh.
+            return await self.receive_decoded(inbound, started)
+        if duplicate.reply is None:
             return _success()
         parts = split_for_wechat(duplicate.reply)
         if not parts:

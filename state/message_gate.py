@@ -9,6 +9,8 @@ resident's messages may reach different processes at once. For each message the 
    - takes a ticket in the resident's queue (``INCR``); tickets are served in order, so messages
      of one user are processed one at a time, in the order they reached Redis, across processes;
    - when it is this ticket's turn at once (the usual case), returns the stored conversation.
+   A record still ``pending`` after a whole turn lease belonged to a process that died: the
+   retry takes the message over instead of waiting for an answer that will never come.
 2. :meth:`MessageGate.wait_turn` — only when another message of the same user is in progress:
    polls until this ticket's turn. A turn held longer than ``turn_lease_s`` is presumed dead (its
    process crashed) and skipped, so one crash cannot block a resident for good; a skipped turn
@@ -51,8 +53,14 @@ redis.call('SET', since_key, tostring(now), 'EX', queue_ttl)
 
 _BEGIN = """
 local existing = redis.call('GET', KEYS[1])
-if existing then return {'dup', existing} end
-redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
+if existing then
+  local started = tonumber(string.match(existing, '^pending:(%d+)$') or '')
+  -- A first delivery still "pending" after a whole lease died with its process: take over.
+  if not started or tonumber(ARGV[2]) - started <= tonumber(ARGV[4]) then
+    return {'dup', existing}
+  end
+end
+redis.call('SET', KEYS[1], 'pending:' .. ARGV[2], 'EX', ARGV[1])
 local ticket = redis.call('INCR', KEYS[2])
 if ticket == 1 then redis.call('SET', KEYS[3], '0') end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -215,7 +223,7 @@ class MessageGate:
         """Record the message and take a turn; see the module docstring."""
         result = await self._begin(
             keys=[keys.dedupe, keys.ticket, keys.serving, keys.turn_since, keys.conversation],
-            args=[self._dedupe_ttl_s, _now_ms(), self._queue_ttl_s],
+            args=[self._dedupe_ttl_s, _now_ms(), self._queue_ttl_s, self._turn_lease_ms],
         )
         tag = _text(result[0])
         if tag == "dup":
@@ -284,7 +292,7 @@ class MessageGate:
 
 
 def _duplicate(value: str) -> Duplicate:
-    if value == PENDING:
+    if value.startswith(PENDING):
         return Duplicate(pending=True, pushed=False, reply=None)
     if value == PUSHED:
         return Duplicate(pending=False, pushed=True, reply=None)

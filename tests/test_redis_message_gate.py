@@ -162,3 +162,19 @@ async def test_a_turn_skipped_for_outliving_its_lease_stores_nothing(
     with pytest.raises(LockTimeout):
         await gate.commit(slow_keys, slow, conversation=b"stale", reply="")
     assert await redis_client.get(slow_keys.conversation) == b"newer"
+
+
+async def test_a_retry_takes_over_a_message_whose_first_delivery_died(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=0.1, poll_interval_s=0.005)
+    keys = gate.keys("gh_a", "o_user", "msg:1")
+    died = await gate.begin(keys)
+    assert isinstance(died, Turn)  # its process is killed here: no commit, no release
+    assert await gate.begin(keys) == Duplicate(pending=True, pushed=False, reply=None)
+    await asyncio.sleep(0.15)
+    retry = await gate.begin(keys)
+    assert isinstance(retry, Turn), retry
+    turn = await gate.wait_turn(keys, retry, timeout_s=2)  # the dead turn is skipped too
+    await gate.commit(keys, turn, conversation=b"handled", reply="好的")
+    assert await gate.begin(keys) == Duplicate(pending=False, pushed=False, reply="好的")
