@@ -2,11 +2,12 @@
 
 Three kinds, each idempotent (the queue is at-least-once):
 
-- ``wechat.send_text`` — the outbox: push reply parts through the customer-service API, in
-  order. A part that fails for a passing reason is retried with exponential backoff (the parts
-  already sent are not sent again); outside the 48-hour window (errcode 45015) the resident is
-  notified by template message when a template is configured, else the job is buried with that
-  reason for staff to follow up by phone.
+- ``wechat.send_text`` — drain one resident's outbox (``bot.outbox``) through the
+  customer-service API, in order. A part that fails for a passing reason is retried with
+  exponential backoff (parts already sent are not sent again, later replies wait behind it);
+  outside the 48-hour window (errcode 45015) the resident is notified by template message when a
+  template is configured, else the undelivered replies are buried with the reason for staff to
+  follow up by phone.
 - ``wechat.fetch_media`` — download a resident's evidence from WeChat's media API into the blob
   store and record it (WeChat keeps temporary media for 3 days only).
 - ``intake.callback_request`` — record a resident's 「人工」 request in the database.
@@ -25,7 +26,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.conversation import JOB_CALLBACK_REQUEST, JOB_FETCH_MEDIA, JOB_SEND_TEXT
+from bot.conversation import JOB_CALLBACK_REQUEST, JOB_FETCH_MEDIA
+from bot.outbox import JOB_DRAIN_OUTBOX, Outbox
 from bot.wechat_api import WeChatAPIClient
 from jiefen.errors import UpstreamError, WeChatAPIError
 from state import callback_store, media_store
@@ -66,6 +68,7 @@ class BackgroundJobs:
         self,
         *,
         jobs: JobQueue,
+        outbox: Outbox,
         wechat: WeChatAPIClient,
         db: AsyncEngine,
         evidence: LocalBlobStore,
@@ -75,6 +78,7 @@ class BackgroundJobs:
         idle_poll_s: float = 0.1,
     ) -> None:
         self._jobs = jobs
+        self._outbox = outbox
         self._wechat = wechat
         self._db = db
         self._evidence = evidence
@@ -82,8 +86,9 @@ class BackgroundJobs:
         self._notice_template_id = notice_template_id
         self._retry = retry
         self._idle_poll_s = idle_poll_s
-        self._handlers: dict[str, Callable[[Job], Awaitable[None]]] = {
-            JOB_SEND_TEXT: self._send_text,
+        #: Each handler returns True when it settled the job itself.
+        self._handlers: dict[str, Callable[[Job], Awaitable[bool]]] = {
+            JOB_DRAIN_OUTBOX: self._drain_outbox,
             JOB_FETCH_MEDIA: self._fetch_media,
             JOB_CALLBACK_REQUEST: self._record_callback,
         }
@@ -110,11 +115,12 @@ class BackgroundJobs:
             await self._jobs.bury(job, error=f"no handler for kind {job.kind!r}")
             return True
         try:
-            await handler(job)
+            settled = await handler(job)
         except Exception as error:
             await self._fail(job, error)
         else:
-            await self._jobs.complete(job)
+            if not settled:
+                await self._jobs.complete(job)
         return True
 
     async def _fail(self, job: Job, error: Exception) -> None:
@@ -131,30 +137,52 @@ class BackgroundJobs:
             delay = max(delay, error.retry_after)
         await self._jobs.retry(job, delay_s=delay, error=description)
 
-    async def _send_text(self, job: Job) -> None:
+    async def _drain_outbox(self, job: Job) -> bool:
         openid = str(job.payload["openid"])
-        parts = [str(part) for part in job.payload["texts"]]
-        for index, part in enumerate(parts):
-            try:
-                await self._wechat.send_text(openid, part)
-            except WeChatAPIError as error:
-                if error.errcode == _OUT_OF_WINDOW and self._notice_template_id:
-                    await self._wechat.send_template(
-                        openid, self._notice_template_id, {"first": {"value": part[:100]}}, None
-                    )
-                    return
-                self._keep_unsent(job, parts, index)
-                raise
-            except Exception:
-                self._keep_unsent(job, parts, index)
-                raise
+        key = self._outbox.key(openid)
+        while True:
+            parts = await self._outbox.head(openid)
+            if parts is None:
+                if await self._jobs.complete(job, unless_nonempty=key):
+                    return True
+                continue  # a reply was queued meanwhile: keep draining
+            for index, part in enumerate(parts):
+                try:
+                    await self._wechat.send_text(openid, part)
+                except WeChatAPIError as error:
+                    if error.errcode == _OUT_OF_WINDOW:
+                        return await self._out_of_window(job, openid, error)
+                    await self._keep_unsent(openid, parts, index)
+                    raise
+                except Exception:
+                    await self._keep_unsent(openid, parts, index)
+                    raise
+            await self._outbox.pop_head(openid)
+            if not await self._jobs.extend(job):
+                return True  # our lease ran out and another worker took over the drain
 
-    @staticmethod
-    def _keep_unsent(job: Job, parts: list[str], index: int) -> None:
-        # The retried job sends only what did not go out (the payload is stored on retry).
-        job.payload["texts"] = parts[index:]
+    async def _keep_unsent(self, openid: str, parts: list[str], index: int) -> None:
+        if index:
+            await self._outbox.replace_head(openid, parts[index:])
 
-    async def _fetch_media(self, job: Job) -> None:
+    async def _out_of_window(self, job: Job, openid: str, error: WeChatAPIError) -> bool:
+        """The 48-hour window is closed: every queued reply would fail the same way."""
+        undelivered = await self._outbox.take_all(openid)
+        if self._notice_template_id:
+            # One notice that there are messages waiting; opening the account reopens the window.
+            await self._wechat.send_template(
+                openid,
+                self._notice_template_id,
+                {"first": {"value": undelivered[0][0][:100] if undelivered else ""}},
+                None,
+            )
+            await self._jobs.complete(job)
+            return True
+        job.payload["undelivered"] = undelivered
+        await self._jobs.bury(job, error=f"{type(error).__name__}: {error}")
+        return True
+
+    async def _fetch_media(self, job: Job) -> bool:
         media_id = str(job.payload["media_id"])
         now = datetime.now(UTC)
         await media_store.media_blob_pending(
@@ -178,8 +206,9 @@ class BackgroundJobs:
             media.content_type,
             datetime.now(UTC),
         )
+        return False
 
-    async def _record_callback(self, job: Job) -> None:
+    async def _record_callback(self, job: Job) -> bool:
         payload: dict[str, Any] = job.payload
         await callback_store.record_callback_request(
             self._db,
@@ -188,3 +217,4 @@ class BackgroundJobs:
             str(payload.get("note") or ""),
             datetime.fromisoformat(str(payload["at"])),
         )
+        return False

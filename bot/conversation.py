@@ -39,7 +39,6 @@ TRANSCRIPT_LIMIT = 400
 CONVERSATION_PURPOSE = "conversation"
 
 JOB_FETCH_MEDIA = "wechat.fetch_media"
-JOB_SEND_TEXT = "wechat.send_text"
 JOB_CALLBACK_REQUEST = "intake.callback_request"
 
 

@@ -16,11 +16,11 @@ import time
 from aiohttp import web
 
 from bot import texts
-from bot.conversation import JOB_SEND_TEXT, AlreadySeen, ConversationService, Processed
+from bot.conversation import AlreadySeen, ConversationService, Processed
 from bot.inbound import InboundMessage, WebhookCodec
+from bot.outbox import Outbox
 from bot.reply_text import split_for_wechat
 from jiefen.errors import PayloadTooLarge, RequestRejected
-from state.job_queue import JobQueue
 from state.message_gate import Duplicate
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,13 @@ class WebhookHandler:
         *,
         codec: WebhookCodec,
         service: ConversationService,
-        jobs: JobQueue,
+        outbox: Outbox,
         max_body_bytes: int,
         passive_deadline_s: float,
     ) -> None:
         self._codec = codec
         self._service = service
-        self._jobs = jobs
+        self._outbox = outbox
         self._max_body_bytes = max_body_bytes
         self._passive_deadline_s = passive_deadline_s
         #: Background tasks still finishing after their request was answered.
@@ -167,6 +167,6 @@ class WebhookHandler:
 
     async def _push_quietly(self, openid: str, parts: list[str]) -> None:
         try:
-            await self._jobs.enqueue(JOB_SEND_TEXT, {"openid": openid, "texts": parts})
+            await self._outbox.push(openid, parts)
         except Exception:
             log.exception("could not queue a pushed reply")

@@ -23,6 +23,7 @@ from bot.conversation import ConversationService
 from bot.dev_wechat import make_dev_wechat_app
 from bot.fake_wechat_api import FakeWeChatAPI
 from bot.inbound import WebhookCodec
+from bot.outbox import Outbox
 from bot.web_webhook import WebhookHandler
 from bot.wechat_api import WeChatAPIClient
 from cases.service import CaseService
@@ -96,6 +97,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await organisation_store.sync_organisations(db, routing)
         protector = PersonalDataProtector(load_or_create_data_key(settings))
         jobs = JobQueue(redis, prefix=settings.redis_prefix)
+        outbox = Outbox(redis, jobs, prefix=settings.redis_prefix)
         cases = CaseService(
             db=db,
             routing=routing,
@@ -122,12 +124,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         webhook = WebhookHandler(
             codec=WebhookCodec.from_settings(settings),
             service=conversation,
-            jobs=jobs,
+            outbox=outbox,
             max_body_bytes=settings.wechat_max_body_bytes,
             passive_deadline_s=settings.passive_reply_deadline_s,
         )
         background = BackgroundJobs(
             jobs=jobs,
+            outbox=outbox,
             wechat=wechat,
             db=db,
             evidence=LocalBlobStore(settings.evidence_dir),

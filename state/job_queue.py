@@ -36,6 +36,54 @@ return {id, raw}
 """
 
 
+# Settling a job (complete / retry / bury / extend) is allowed only to the worker that claimed it
+# last: the stored attempt count must still be the one it claimed with. A worker whose lease ran
+# out (and whose job another worker has claimed since) thus cannot overwrite the newer state.
+_OWNED = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return false end
+local job = cjson.decode(raw)
+if tonumber(job['attempts']) ~= tonumber(ARGV[2]) then return false end
+"""
+
+_COMPLETE = (
+    _OWNED
+    + """
+if KEYS[3] ~= '' and redis.call('LLEN', KEYS[3]) > 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+_RESCHEDULE = (
+    _OWNED
+    + """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return 1
+"""
+)
+
+_BURY = (
+    _OWNED
+    + """
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+_EXTEND = (
+    _OWNED
+    + """
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A claimed job. ``attempts`` counts this one (1 on the first run)."""
@@ -58,6 +106,10 @@ class JobQueue:
         self._dead = f"{prefix}jobs:dead"
         self._lease_s = lease_s
         self._claim = redis.register_script(_CLAIM)
+        self._complete = redis.register_script(_COMPLETE)
+        self._reschedule = redis.register_script(_RESCHEDULE)
+        self._bury = redis.register_script(_BURY)
+        self._extend = redis.register_script(_EXTEND)
 
     async def enqueue(
         self,
@@ -85,28 +137,43 @@ class JobQueue:
         job_id, raw = claimed
         return _job_from_record(_text(job_id), raw)
 
-    async def complete(self, job: Job) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._due, job.job_id)
-            pipe.hdel(self._data, job.job_id)
-            await pipe.execute()
+    async def complete(self, job: Job, *, unless_nonempty: str | None = None) -> bool:
+        """Remove a finished ``job``. ``False`` (and the job stays) when the list
+        ``unless_nonempty`` has items — more work arrived for it — or when this worker no
+        longer owns the job (its lease ran out and another worker claimed it)."""
+        done = await self._complete(
+            keys=[self._due, self._data, unless_nonempty or ""], args=[job.job_id, job.attempts]
+        )
+        return bool(done)
 
-    async def retry(self, job: Job, *, delay_s: float, error: str) -> None:
-        """Run ``job`` again after ``delay_s``, remembering ``error``."""
-        record = _record(job, error)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._data, job.job_id, json.dumps(record, ensure_ascii=False))
-            pipe.zadd(self._due, {job.job_id: time.time() + delay_s})
-            await pipe.execute()
+    async def retry(self, job: Job, *, delay_s: float, error: str) -> bool:
+        """Run ``job`` again after ``delay_s``, remembering ``error`` (``False``: not owned)."""
+        record = json.dumps(_record(job, error), ensure_ascii=False)
+        return bool(
+            await self._reschedule(
+                keys=[self._due, self._data],
+                args=[job.job_id, job.attempts, record, time.time() + delay_s],
+            )
+        )
 
-    async def bury(self, job: Job, *, error: str) -> None:
+    async def extend(self, job: Job) -> bool:
+        """Renew the lease of a long-running ``job`` (``False``: not owned any more)."""
+        return bool(
+            await self._extend(
+                keys=[self._due, self._data],
+                args=[job.job_id, job.attempts, time.time() + self._lease_s],
+            )
+        )
+
+    async def bury(self, job: Job, *, error: str) -> bool:
         """Give up on ``job``: move it to the dead-letter list with the reason."""
         record = _record(job, error) | {"job_id": job.job_id, "buried_at": time.time()}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._dead, json.dumps(record, ensure_ascii=False))
-            pipe.zrem(self._due, job.job_id)
-            pipe.hdel(self._data, job.job_id)
-            await pipe.execute()
+        return bool(
+            await self._bury(
+                keys=[self._due, self._data, self._dead],
+                args=[job.job_id, job.attempts, json.dumps(record, ensure_ascii=False)],
+            )
+        )
 
     async def pending_count(self) -> int:
         return int(await self._redis.zcard(self._due))

@@ -73,3 +73,34 @@ async def test_concurrent_workers_never_claim_the_same_job(
     claims = await asyncio.gather(*(queue.claim() for _ in range(40)))
     claimed = [job.payload["n"] for job in claims if job is not None]
     assert sorted(claimed) == list(range(20))
+
+
+async def test_a_worker_whose_lease_ran_out_cannot_settle_the_job(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    queue = JobQueue(redis_client, prefix=redis_prefix, lease_s=0.1)
+    await queue.enqueue("k", {})
+    slow = await queue.claim()
+    await asyncio.sleep(0.15)
+    fast = await queue.claim()  # the slow worker's lease ran out: another took the job
+    assert slow is not None and fast is not None
+    assert not await queue.complete(slow)
+    assert not await queue.retry(slow, delay_s=0, error="late")
+    assert not await queue.extend(slow)
+    assert not await queue.bury(slow, error="late")
+    assert await queue.complete(fast)
+    assert await queue.pending_count() == 0 and await queue.dead_jobs() == []
+
+
+async def test_complete_refuses_while_more_work_is_queued_for_the_job(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    queue = JobQueue(redis_client, prefix=redis_prefix)
+    await queue.enqueue("drain", {}, job_id="outbox:o1")
+    job = await queue.claim()
+    assert job is not None
+    work = f"{redis_prefix}outbox:o1"
+    await redis_client.rpush(work, "one more")
+    assert not await queue.complete(job, unless_nonempty=work)
+    await redis_client.delete(work)
+    assert await queue.complete(job, unless_nonempty=work)

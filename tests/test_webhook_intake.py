@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.bench_webhook import intake_script
+from bot.fake_wechat_api import CUSTOM_SEND_PATH
 from bot.wechat_simulator import CryptoMode, NoReply, Reply
 from state import case_store, media_store
 from state.message_gate import Turn
@@ -161,6 +162,18 @@ async def test_a_slow_answer_is_pushed_and_a_retry_does_not_repeat_it(start: Fac
     assert isinstance(retry.reply, NoReply)
     await asyncio.sleep(0.5)
     assert len(await jiefen.wait_for_pushes(openid, 2, wait_s=0.5)) == 1
+
+
+async def test_pushed_replies_keep_their_order_when_a_send_fails(start: Factory) -> None:
+    jiefen = await start(passive_reply_deadline_s=0.0)
+    openid = "o_order"
+    # The first reply's send fails on every attempt of the client's own retries.
+    jiefen.fake.fail_next(CUSTOM_SEND_PATH, status=500, times=3)
+    await jiefen.send(jiefen.simulator.subscribe(openid))
+    await jiefen.send(jiefen.simulator.text(openid, "我要调解"))
+    pushed = await jiefen.wait_for_pushes(openid, 2, wait_s=20)
+    assert len(pushed) == 2
+    assert "欢迎" in pushed[0] and "同意" in pushed[1]  # the welcome first, then the consent
 
 
 async def test_outside_the_48_hour_window_the_push_is_buried_with_the_reason(

@@ -1,0 +1,67 @@
+"""The outbox: replies pushed to residents through the customer-service API, in order.
+
+Each resident has a FIFO list in Redis (``{prefix}outbox:{openid}``), one entry per reply (a
+list of parts, each within WeChat's 2048-byte limit). Pushing appends to the list and makes
+sure one drain job exists for that resident (job id ``outbox:{openid}``, so enqueueing it again
+is a no-op). The drain job sends the head entry's parts, pops it, and carries on until the list
+is empty; it completes only if the list is still empty at that moment (checked atomically), so
+an entry appended meanwhile is never stranded. One drainer per resident means replies arrive in
+the order they were written, and a failing head blocks the entries behind it instead of being
+overtaken.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+
+from state.job_queue import JobQueue
+
+JOB_DRAIN_OUTBOX = "wechat.send_text"
+#: Undelivered replies are kept this long (WeChat's customer-service window is 48 hours).
+OUTBOX_TTL_S = 7 * 24 * 3600
+
+
+class Outbox:
+    """Appends replies to a resident's outbox and schedules its drain (see module docstring)."""
+
+    def __init__(self, redis: aioredis.Redis, jobs: JobQueue, *, prefix: str) -> None:
+        self._redis = redis
+        self._jobs = jobs
+        self._prefix = prefix
+
+    def key(self, openid: str) -> str:
+        return f"{self._prefix}outbox:{openid}"
+
+    async def push(self, openid: str, parts: list[str]) -> None:
+        """Queue one reply (already split into parts) for ``openid``."""
+        if not parts:
+            return
+        key = self.key(openid)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(parts, ensure_ascii=False))
+            pipe.expire(key, OUTBOX_TTL_S)
+            await pipe.execute()
+        # If this process dies right here, the entry waits for the resident's next reply
+        # (whose push schedules the drain); the job is idempotent, so racing pushes are fine.
+        await self._jobs.enqueue(JOB_DRAIN_OUTBOX, {"openid": openid}, job_id=f"outbox:{openid}")
+
+    async def head(self, openid: str) -> list[str] | None:
+        raw = await self._redis.lindex(self.key(openid), 0)
+        return None if raw is None else [str(part) for part in json.loads(raw)]
+
+    async def replace_head(self, openid: str, parts: list[str]) -> None:
+        """Keep only the unsent ``parts`` of the head entry (some went out before a failure)."""
+        await self._redis.lset(self.key(openid), 0, json.dumps(parts, ensure_ascii=False))
+
+    async def pop_head(self, openid: str) -> None:
+        await self._redis.lpop(self.key(openid))
+
+    async def take_all(self, openid: str) -> list[list[str]]:
+        """Remove and return every entry (when they can no longer be delivered)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.key(openid), 0, -1)
+            pipe.delete(self.key(openid))
+            entries, _ = await pipe.execute()
+        return [[str(part) for part in json.loads(raw)] for raw in entries]
