@@ -208,16 +208,16 @@ async def create_case(
         draft, applicant_openid, organisation, accept_deadline, intake, now, submission_key
     )
     with storage_errors("store the new case"):
-        if submission_key is not None and (earlier := await _filed_under(db, submission_key)):
-            log.warning("intake already filed as %s; not filing it again", earlier.case_no)
-            return earlier
+        # A repeat is found by the unique index on submission_key (no look-up before every
+        # filing: repeats are rare, and the index decides even between racing retries).
         try:
             async with db.begin() as connection:
                 case_no = await _insert_case(connection, filing, protector)
         except sqlalchemy.exc.IntegrityError as error:
             if submission_key is not None and "submission_key" in str(error.orig):
                 earlier = await _filed_under(db, submission_key)
-                if earlier is not None:  # filed by a concurrent retry a moment ago
+                if earlier is not None:
+                    log.warning("intake already filed as %s; not filing it again", earlier.case_no)
                     return earlier
             if "case_no" not in str(error.orig):
                 raise

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from state.redis_connection import LuaScript
+
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
 if #ids == 0 then return false end
@@ -105,11 +107,11 @@ class JobQueue:
         self._data = f"{prefix}jobs:data"
         self._dead = f"{prefix}jobs:dead"
         self._lease_s = lease_s
-        self._claim = redis.register_script(_CLAIM)
-        self._complete = redis.register_script(_COMPLETE)
-        self._reschedule = redis.register_script(_RESCHEDULE)
-        self._bury = redis.register_script(_BURY)
-        self._extend = redis.register_script(_EXTEND)
+        self._claim = LuaScript(redis, _CLAIM)
+        self._complete = LuaScript(redis, _COMPLETE)
+        self._reschedule = LuaScript(redis, _RESCHEDULE)
+        self._bury = LuaScript(redis, _BURY)
+        self._extend = LuaScript(redis, _EXTEND)
 
     async def enqueue(
         self,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from jiefen.errors import LockTimeout
+from state.redis_connection import LuaScript
 
 PENDING = "pending"
 #: The dedupe value when the reply went out through the customer-service API, not passively.
@@ -203,10 +204,10 @@ class MessageGate:
         self._turn_lease_ms = int(turn_lease_s * 1000)
         self._poll_interval_s = poll_interval_s
         self._queue_ttl_s = max(3600, int(turn_lease_s * 10))
-        self._begin = redis.register_script(_BEGIN)
-        self._try_turn = redis.register_script(_TRY_TURN)
-        self._commit = redis.register_script(_COMMIT)
-        self._release = redis.register_script(_RELEASE)
+        self._begin = LuaScript(redis, _BEGIN)
+        self._try_turn = LuaScript(redis, _TRY_TURN)
+        self._commit = LuaScript(redis, _COMMIT)
+        self._release = LuaScript(redis, _RELEASE)
 
     def keys(self, account: str, openid: str, message_key: str) -> GateKeys:
         user = f"{self._prefix}user:{account}:{openid}:"

@@ -178,3 +178,14 @@ async def test_a_retry_takes_over_a_message_whose_first_delivery_died(
     turn = await gate.wait_turn(keys, retry, timeout_s=2)  # the dead turn is skipped too
     await gate.commit(keys, turn, conversation=b"handled", reply="好的")
     assert await gate.begin(keys) == Duplicate(pending=False, pushed=False, reply="好的")
+
+
+async def test_scripts_are_loaded_again_after_redis_forgets_them(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix)
+    first = await gate.begin(gate.keys("gh_a", "o_user", "msg:1"))
+    await redis_client.script_flush()  # e.g. Redis restarted, or failed over to a replica
+    second = await gate.begin(gate.keys("gh_a", "o_user", "msg:2"))
+    assert isinstance(first, Turn) and isinstance(second, Turn)
+    assert second.ticket == first.ticket + 1
