@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     case = admin_commands.add_parser("case", help="show one case (personal data masked)")
     case.add_argument("case_no")
     case.set_defaults(handler=_admin_case)
+    callbacks = admin_commands.add_parser(
+        "callbacks", help="residents waiting for a call back (「人工」), oldest first"
+    )
+    callbacks.add_argument("--handled", type=int, metavar="ID", help="mark request ID as done")
+    callbacks.set_defaults(handler=_admin_callbacks)
     dead = admin_commands.add_parser("dead-jobs", help="list background jobs that failed for good")
     dead.set_defaults(handler=_admin_dead_jobs)
 
@@ -200,6 +205,33 @@ def _admin_case(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(show())
+
+
+def _admin_callbacks(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from state import callback_store
+    from state.db import create_engine
+
+    async def run() -> int:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            if args.handled is not None:
+                done = await callback_store.mark_callback_handled(
+                    engine, args.handled, datetime.now(UTC)
+                )
+                print(f"request {args.handled} marked handled" if done else "no such open request")
+                return 0 if done else 1
+            requests = await callback_store.list_open_callback_requests(engine)
+        finally:
+            await engine.dispose()
+        for request in requests:
+            when = request.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+            print(f"#{request.request_id}  {when}  step={request.step or '-'}  {request.note}")
+        print(f"{len(requests)} open request(s)", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
 
 
 def _admin_dead_jobs(settings: Settings, args: argparse.Namespace) -> int:

@@ -60,7 +60,7 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, server)
-        lines = [*intake_script(3), "查询", "/图片", "/退出"]
+        lines = ["人工", *intake_script(3), "查询", "/图片", "/退出"]
         chat = subprocess.run(
             [*JIEFEN, "chat", "--url", url],
             cwd=tmp_path,
@@ -80,9 +80,28 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
     case_numbers = set(re.findall(r"JF\d{8}-\d{4}", chat.stdout))
     assert len(case_numbers) == 1, chat.stdout  # filed, then listed by 「查询」
     assert chat.stdout.count(case_numbers.pop()) >= 2
+    case_no = re.findall(r"JF\d{8}-\d{4}", chat.stdout)[0]
+    admin = [*JIEFEN, "admin"]
+    shown = _run(tmp_path, [*admin, "case", case_no])
+    assert '"id_number_masked": "5301**********608X"' in shown
+    assert "53010219900307608" not in shown  # the full ID is never shown
+    assert "官渡区" in _run(tmp_path, [*admin, "routing"])
+    waiting = _run(tmp_path, [*admin, "callbacks"])
+    request_id = re.findall(r"^#(\d+)", waiting, re.MULTILINE)
+    assert len(request_id) == 1, waiting  # the 「人工」 sent before filing
+    _run(tmp_path, [*admin, "callbacks", "--handled", request_id[0]])
+    assert _run(tmp_path, [*admin, "callbacks"]).strip() == ""
     # Embedded defaults: SQLite and the data key under ./var of the working directory.
     assert (tmp_path / "var" / "jiefen.db").is_file()
     assert (tmp_path / "var" / "keys" / "data.key").stat().st_mode & 0o077 == 0
+
+
+def _run(cwd: Path, command: list[str]) -> str:
+    result = subprocess.run(
+        command, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 async def test_the_webhook_benchmark_runs_and_reports(redis_client: aioredis.Redis) -> None:

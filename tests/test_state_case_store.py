@@ -337,3 +337,22 @@ async def test_a_counter_behind_the_cases_is_repaired(db: AsyncEngine) -> None:
     async with db.begin() as connection:
         await connection.execute(sa.text("UPDATE case_number_counters SET last_value = 1"))
     assert (await file_case(db)).case_no == "JF20261121-0005"
+
+
+async def test_open_callback_requests_are_listed_oldest_first_until_handled(
+    db: AsyncEngine,
+) -> None:
+    from state import callback_store
+
+    first = await callback_store.record_callback_request(db, "o-1", "phone", "请回电", NOW)
+    second = await callback_store.record_callback_request(
+        db, "o-2", None, "想咨询", NOW + timedelta(minutes=5)
+    )
+    listed = await callback_store.list_open_callback_requests(db)
+    assert [(r.request_id, r.openid, r.step) for r in listed] == [
+        (first, "o-1", "phone"),
+        (second, "o-2", None),
+    ]
+    assert await callback_store.mark_callback_handled(db, first, NOW + timedelta(hours=1))
+    assert not await callback_store.mark_callback_handled(db, first, NOW + timedelta(hours=2))
+    assert [r.request_id for r in await callback_store.list_open_callback_requests(db)] == [second]
