@@ -32,85 +32,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import enum
 import hashlib
 import itertools
 import os
 import secrets
-import struct
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from jiefen.errors import JiefenError
+from bot.wechat_cipher import CryptoMode, MessageCipher, sign
+from bot.wechat_reply import (
+    Article,
+    InvalidReply,
+    NoReply,
+    Reply,
+    parse_reply_xml,
+    reply_from_xml,
+    required_text,
+)
 
-_BLOCK = 32  # WeChat pads to 32-byte blocks, although AES's block is 16 bytes
-
-
-class CryptoMode(enum.StrEnum):
-    """The three message-encryption modes an Official Account can choose."""
-
-    PLAIN = "plain"
-    COMPAT = "compat"
-    SAFE = "safe"
-
-
-class InvalidReply(JiefenError):
-    """The webhook answered something WeChat would refuse (bad signature, appid, XML, ...)."""
-
-
-def sign(*parts: str) -> str:
-    """WeChat's signature: SHA-1 of the parts sorted as strings and concatenated, in hex."""
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
-
-
-class MessageCipher:
-    """WeChat's AES envelope for one EncodingAESKey. Pure: no I/O."""
-
-    def __init__(self, encoding_aes_key: str) -> None:
-        if len(encoding_aes_key) != 43:
-            raise ValueError("an EncodingAESKey has 43 characters")
-        self._key = base64.b64decode(encoding_aes_key + "=")
-
-    def _cipher(self) -> Cipher[modes.CBC]:
-        return Cipher(algorithms.AES(self._key), modes.CBC(self._key[:16]))
-
-    def encrypt(self, xml: bytes, appid: str, *, prefix: bytes | None = None) -> str:
-        """Base64 ciphertext of ``xml`` addressed to ``appid``."""
-        plain = (prefix or os.urandom(16)) + struct.pack(">I", len(xml)) + xml + appid.encode()
-        pad = _BLOCK - len(plain) % _BLOCK
-        plain += bytes([pad]) * pad
-        encryptor = self._cipher().encryptor()
-        return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode()
-
-    def decrypt(self, ciphertext: str) -> tuple[bytes, str]:
-        """``(xml, appid)`` from a base64 ciphertext; ``ValueError`` if it is not well formed."""
-        try:
-            raw = base64.b64decode(ciphertext, validate=True)
-        except ValueError as error:
-            raise ValueError("ciphertext is not base64") from error
-        if len(raw) < _BLOCK or len(raw) % 16:
-            raise ValueError("ciphertext length is not a whole number of AES blocks")
-        decryptor = self._cipher().decryptor()
-        plain = decryptor.update(raw) + decryptor.finalize()
-        pad = plain[-1]
-        if not 1 <= pad <= _BLOCK or plain[-pad:] != bytes([pad]) * pad:
-            raise ValueError("bad padding")
-        content = plain[16:-pad]
-        if len(content) < 4:
-            raise ValueError("plaintext too short")
-        (length,) = struct.unpack(">I", content[:4])
-        if length > len(content) - 4:
-            raise ValueError("XML length exceeds the plaintext")
-        try:
-            appid = content[4 + length :].decode()
-        except UnicodeDecodeError as error:
-            raise ValueError("appid is not UTF-8") from error
-        return content[4 : 4 + length], appid
+#: The simulator is the one module tests and tools import; it re-exports what they need.
+__all__ = [
+    "Article",
+    "CryptoMode",
+    "Delivery",
+    "InvalidReply",
+    "MessageCipher",
+    "NoReply",
+    "Push",
+    "Reply",
+    "VerificationRequest",
+    "WeChatSimulator",
+    "sign",
+]
 
 
 @dataclass(frozen=True)
@@ -145,39 +101,6 @@ class VerificationRequest:
 
 
 @dataclass(frozen=True)
-class Article:
-    title: str
-    description: str
-    pic_url: str
-    url: str
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A passive reply as WeChat understood it (decrypted and verified)."""
-
-    msg_type: str
-    to_user: str
-    from_user: str
-    create_time: int
-    #: Text replies.
-    content: str | None = None
-    #: Image, voice and video replies.
-    media_id: str | None = None
-    articles: tuple[Article, ...] = ()
-    encrypted: bool = False
-    #: The reply XML (decrypted when it came encrypted).
-    xml: bytes = b""
-
-
-@dataclass(frozen=True)
-class NoReply:
-    """The account answered ``success`` or an empty body: WeChat shows nothing, retries nothing."""
-
-    body: str
-
-
-@dataclass(frozen=True)
 class Delivery:
     """What :meth:`WeChatSimulator.deliver` saw: the reply (``None`` if none came), attempts."""
 
@@ -196,67 +119,6 @@ def _cdata(value: str) -> str:
 def _element(name: str, value: str | int | float) -> str:
     text = _cdata(value) if isinstance(value, str) else str(value)
     return f"<{name}>{text}</{name}>"
-
-
-def _parse_xml(data: bytes) -> ET.Element:
-    # Replies come from the code under test: refuse DTDs outright rather than trust the parser.
-    if b"<!DOCTYPE" in data.upper() or b"<!ENTITY" in data.upper():
-        raise InvalidReply("reply XML declares a DTD")
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as error:
-        raise InvalidReply(f"reply is not XML: {error}") from error
-    if root.tag != "xml":
-        raise InvalidReply(f"reply root is <{root.tag}>, not <xml>")
-    return root
-
-
-def _required(root: ET.Element, name: str) -> str:
-    value = root.findtext(name)
-    if value is None:
-        raise InvalidReply(f"reply lacks <{name}>")
-    return value
-
-
-def _reply_from(root: ET.Element, *, encrypted: bool, xml: bytes) -> Reply:
-    msg_type = _required(root, "MsgType")
-    try:
-        create_time = int(_required(root, "CreateTime"))
-    except ValueError as error:
-        raise InvalidReply("reply CreateTime is not an integer") from error
-    articles: tuple[Article, ...] = ()
-    if msg_type == "news":
-        items = root.findall("Articles/item")
-        articles = tuple(
-            Article(
-                title=item.findtext("Title") or "",
-                description=item.findtext("Description") or "",
-                pic_url=item.findtext("PicUrl") or "",
-                url=item.findtext("Url") or "",
-            )
-            for item in items
-        )
-        # Since 2018 WeChat shows one article per passive news reply.
-        if root.findtext("ArticleCount") != str(len(items)) or len(items) != 1:
-            raise InvalidReply("a news reply carries exactly one article, counted in ArticleCount")
-    if msg_type == "text" and root.find("Content") is None:
-        raise InvalidReply("text reply lacks <Content>")
-    media_id = None
-    for holder in ("Image", "Voice", "Video"):
-        found = root.findtext(f"{holder}/MediaId")
-        if found is not None:
-            media_id = found
-    return Reply(
-        msg_type=msg_type,
-        to_user=_required(root, "ToUserName"),
-        from_user=_required(root, "FromUserName"),
-        create_time=create_time,
-        content=root.findtext("Content"),
-        media_id=media_id,
-        articles=articles,
-        encrypted=encrypted,
-        xml=xml,
-    )
 
 
 class WeChatSimulator:
@@ -632,22 +494,22 @@ class WeChatSimulator:
         stripped = response_body.strip()
         if stripped in (b"", b"success"):
             return NoReply(stripped.decode())
-        root = _parse_xml(response_body)
+        root = parse_reply_xml(response_body)
         encrypt = root.findtext("Encrypt")
         if encrypt is None:
             if self.mode is CryptoMode.SAFE:
                 raise InvalidReply("safe mode needs an encrypted reply")
-            reply = _reply_from(root, encrypted=False, xml=response_body)
+            reply = reply_from_xml(root, encrypted=False, xml=response_body)
         else:
             if self.mode is CryptoMode.PLAIN:
                 raise InvalidReply("encrypted reply to a plaintext-mode push")
             expected = sign(
                 self.token,
-                _required(root, "TimeStamp"),
-                _required(root, "Nonce"),
+                required_text(root, "TimeStamp"),
+                required_text(root, "Nonce"),
                 encrypt,
             )
-            if not secrets.compare_digest(expected, _required(root, "MsgSignature")):
+            if not secrets.compare_digest(expected, required_text(root, "MsgSignature")):
                 raise InvalidReply("reply MsgSignature does not match")
             try:
                 xml, appid = self.cipher.decrypt(encrypt)
@@ -655,7 +517,7 @@ class WeChatSimulator:
                 raise InvalidReply(f"reply does not decrypt: {error}") from error
             if appid != self.appid:
                 raise InvalidReply(f"reply is encrypted for appid {appid!r}")
-            reply = _reply_from(_parse_xml(xml), encrypted=True, xml=xml)
+            reply = reply_from_xml(parse_reply_xml(xml), encrypted=True, xml=xml)
         openid = params.get("openid")
         if openid is not None and reply.to_user != openid:
             raise InvalidReply(f"reply goes to {reply.to_user!r}, not the sender {openid!r}")
