@@ -27,15 +27,17 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.conversation import JOB_CALLBACK_REQUEST, JOB_FETCH_MEDIA
-from bot.outbox import JOB_DRAIN_OUTBOX, Outbox
+from bot.outbox import JOB_DRAIN_OUTBOX, Outbox, OutboxEntry
 from bot.wechat_api import WeChatAPIClient
 from jiefen.errors import UpstreamError, WeChatAPIError
 from state import callback_store, media_store
 from state.blob_store import LocalBlobStore
-from state.job_queue import Job, JobQueue
+from state.job_queue import Completion, Job, JobQueue
 
 log = logging.getLogger(__name__)
 
+#: Bound on each bookkeeping call to Redis (claim, settle).
+_REDIS_TIMEOUT_S = 5.0
 #: errcodes that mean "this will never work": do not retry.
 _PERMANENT_ERRCODES = {40003, 40007, 43004, 45015, 45047, 48001}
 _OUT_OF_WINDOW = 45015
@@ -107,7 +109,8 @@ class BackgroundJobs:
 
     async def run_once(self) -> bool:
         """Claim and run one due job; ``False`` when none was due."""
-        job = await self._jobs.claim()
+        async with asyncio.timeout(_REDIS_TIMEOUT_S):
+            job = await self._jobs.claim()
         if job is None:
             return False
         handler = self._handlers.get(job.kind)
@@ -115,12 +118,17 @@ class BackgroundJobs:
             await self._jobs.bury(job, error=f"no handler for kind {job.kind!r}")
             return True
         try:
-            settled = await handler(job)
+            # Past its lease the job is another worker's anyway; this also ends a handler stuck
+            # on a half-open connection.
+            async with asyncio.timeout(self._jobs.lease_s):
+                settled = await handler(job)
         except Exception as error:
-            await self._fail(job, error)
+            async with asyncio.timeout(_REDIS_TIMEOUT_S):
+                await self._fail(job, error)
         else:
             if not settled:
-                await self._jobs.complete(job)
+                async with asyncio.timeout(_REDIS_TIMEOUT_S):
+                    await self._jobs.complete(job)
         return True
 
     async def _fail(self, job: Job, error: Exception) -> None:
@@ -128,7 +136,10 @@ class BackgroundJobs:
         description = f"{type(error).__name__}: {error}"
         if permanent or job.attempts >= self._retry.max_attempts:
             log.error("job %s (%s) failed for good: %s", job.job_id, job.kind, description)
-            await self._jobs.bury(job, error=description)
+            if job.kind == JOB_DRAIN_OUTBOX:
+                await self._bury_with_outbox(job, description)
+            else:
+                await self._jobs.bury(job, error=description)
             return
         if not isinstance(error, UpstreamError):
             log.exception("job %s (%s) failed", job.job_id, job.kind, exc_info=error)
@@ -141,46 +152,54 @@ class BackgroundJobs:
         openid = str(job.payload["openid"])
         key = self._outbox.key(openid)
         while True:
-            parts = await self._outbox.head(openid)
-            if parts is None:
-                if await self._jobs.complete(job, unless_nonempty=key):
+            entry = await self._outbox.head(openid)
+            if entry is None:
+                completion = await self._jobs.complete(job, unless_nonempty=key)
+                if completion is Completion.MORE_WORK:
+                    continue  # a reply was queued meanwhile: keep draining
+                return True
+            for index, part in enumerate(entry.parts):
+                # Renew the lease before every send, and stop the moment another worker has
+                # taken the drain over: two drainers would send the same entry twice.
+                if not await self._jobs.extend(job):
                     return True
-                continue  # a reply was queued meanwhile: keep draining
-            for index, part in enumerate(parts):
                 try:
                     await self._wechat.send_text(openid, part)
                 except WeChatAPIError as error:
                     if error.errcode == _OUT_OF_WINDOW:
                         return await self._out_of_window(job, openid, error)
-                    await self._keep_unsent(openid, parts, index)
+                    await self._keep_unsent(openid, entry, index)
                     raise
                 except Exception:
-                    await self._keep_unsent(openid, parts, index)
+                    await self._keep_unsent(openid, entry, index)
                     raise
-            await self._outbox.pop_head(openid)
-            if not await self._jobs.extend(job):
-                return True  # our lease ran out and another worker took over the drain
+            if not await self._outbox.pop_head(openid, entry):
+                return True  # another drainer moved the outbox on
 
-    async def _keep_unsent(self, openid: str, parts: list[str], index: int) -> None:
+    async def _keep_unsent(self, openid: str, entry: OutboxEntry, index: int) -> None:
         if index:
-            await self._outbox.replace_head(openid, parts[index:])
+            await self._outbox.replace_head(openid, entry, entry.parts[index:])
 
     async def _out_of_window(self, job: Job, openid: str, error: WeChatAPIError) -> bool:
         """The 48-hour window is closed: every queued reply would fail the same way."""
-        undelivered = await self._outbox.take_all(openid)
         if self._notice_template_id:
-            # One notice that there are messages waiting; opening the account reopens the window.
+            # One notice that messages are waiting (opening the account reopens the window).
+            # Sent before the replies are taken, so a failure here leaves them queued.
+            head = await self._outbox.head(openid)
+            first_line = head.parts[0][:100] if head and head.parts else ""
             await self._wechat.send_template(
-                openid,
-                self._notice_template_id,
-                {"first": {"value": undelivered[0][0][:100] if undelivered else ""}},
-                None,
+                openid, self._notice_template_id, {"first": {"value": first_line}}, None
             )
-            await self._jobs.complete(job)
+            await self._outbox.take_all(openid)
+            await self._jobs.complete(job, unless_nonempty=self._outbox.key(openid))
             return True
-        job.payload["undelivered"] = undelivered
-        await self._jobs.bury(job, error=f"{type(error).__name__}: {error}")
+        await self._bury_with_outbox(job, f"{type(error).__name__}: {error}")
         return True
+
+    async def _bury_with_outbox(self, job: Job, error: str) -> None:
+        """Bury a drain job together with the replies it could not deliver (for staff)."""
+        job.payload["undelivered"] = await self._outbox.take_all(str(job.payload["openid"]))
+        await self._jobs.bury(job, error=error)
 
     async def _fetch_media(self, job: Job) -> bool:
         media_id = str(job.payload["media_id"])

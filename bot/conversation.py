@@ -88,10 +88,17 @@ class StoredConversation:
 
     flow_state: ConversationState
     transcript: list[dict[str, str]] = field(default_factory=list)
+    #: When this intake began (ISO time of its first message): names it for the case store.
+    began: str = ""
 
     def dump(self) -> str:
         return json.dumps(
-            {"v": 1, "flow": self.flow_state.to_dict(), "transcript": self.transcript},
+            {
+                "v": 1,
+                "flow": self.flow_state.to_dict(),
+                "transcript": self.transcript,
+                "began": self.began,
+            },
             ensure_ascii=False,
             separators=(",", ":"),
         )
@@ -104,21 +111,24 @@ class StoredConversation:
         try:
             data = json.loads(raw)
             transcript = [dict(line) for line in data.get("transcript", [])][-TRANSCRIPT_LIMIT:]
-            return cls(ConversationState.from_dict(data["flow"]), transcript)
+            began = str(data.get("began") or (transcript[0]["at"] if transcript else ""))
+            return cls(ConversationState.from_dict(data["flow"]), transcript, began)
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("unreadable stored conversation; starting afresh")
             return cls(ConversationState.initial())
 
     def submission_key(self, account: str, openid: str) -> str:
-        """Names this intake: the resident and the moment it began (its first transcript line).
+        """Names this intake: the resident and the moment it began (kept apart from the
+        transcript, whose oldest lines are dropped past its cap).
 
         Confirming the same intake twice gives the same key, so the case store files it once.
         """
-        began = self.transcript[0]["at"] if self.transcript else ""
-        digest = hashlib.sha256(f"{account}\x00{openid}\x00{began}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{account}\x00{openid}\x00{self.began}".encode()).hexdigest()
         return "intake:" + digest[:48]
 
     def record(self, direction: str, msg_type: str, content: str, at: datetime) -> None:
+        if not self.began:
+            self.began = at.isoformat()
         self.transcript.append(
             {"d": direction, "t": msg_type, "c": redact_id_numbers(content), "at": at.isoformat()}
         )
@@ -248,6 +258,8 @@ class ConversationService:
                         "note": effect.note,
                         "at": now.isoformat(),
                     },
+                    # A message handled again (after a failure) records the request once.
+                    job_id=f"callback:{inbound.account}:{inbound.message_key}",
                 )
             if feedback is not None:
                 state, more = advance(INTAKE_FLOW, state, feedback, now)
@@ -264,6 +276,7 @@ class ConversationService:
             # No intake in progress (none begun, submitted, refused or abandoned): its
             # transcript is either stored with the case already or must not be kept at all.
             conversation.transcript.clear()
+            conversation.began = ""
         return "\n\n".join(replies)
 
     async def _release_quietly(self, keys: GateKeys, turn: Turn) -> None:

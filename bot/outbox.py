@@ -13,14 +13,42 @@ overtaken.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from state.job_queue import JobQueue
+from state.redis_connection import LuaScript
 
 JOB_DRAIN_OUTBOX = "wechat.send_text"
 #: Undelivered replies are kept this long (WeChat's customer-service window is 48 hours).
 OUTBOX_TTL_S = 7 * 24 * 3600
+
+
+# Both change the head entry only if it is still the one the drainer read: a drainer that lost
+# its job to another worker can then never drop or rewrite an entry it did not send.
+_POP_HEAD_IF = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
+  redis.call('LPOP', KEYS[1])
+  return 1
+end
+return 0
+"""
+_REPLACE_HEAD_IF = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
+  redis.call('LSET', KEYS[1], 0, ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One queued reply: its parts, and its stored form (to recognise it as the head later)."""
+
+    raw: bytes
+    parts: list[str]
 
 
 class Outbox:
@@ -30,6 +58,8 @@ class Outbox:
         self._redis = redis
         self._jobs = jobs
         self._prefix = prefix
+        self._pop_head = LuaScript(redis, _POP_HEAD_IF)
+        self._replace_head = LuaScript(redis, _REPLACE_HEAD_IF)
 
     def key(self, openid: str) -> str:
         return f"{self._prefix}outbox:{openid}"
@@ -47,16 +77,23 @@ class Outbox:
         # (whose push schedules the drain); the job is idempotent, so racing pushes are fine.
         await self._jobs.enqueue(JOB_DRAIN_OUTBOX, {"openid": openid}, job_id=f"outbox:{openid}")
 
-    async def head(self, openid: str) -> list[str] | None:
+    async def head(self, openid: str) -> OutboxEntry | None:
+        """The oldest undelivered reply, or ``None`` when the outbox is empty."""
         raw = await self._redis.lindex(self.key(openid), 0)
-        return None if raw is None else [str(part) for part in json.loads(raw)]
+        if raw is None:
+            return None
+        stored = raw if isinstance(raw, bytes) else raw.encode()
+        return OutboxEntry(raw=stored, parts=[str(part) for part in json.loads(stored)])
 
-    async def replace_head(self, openid: str, parts: list[str]) -> None:
-        """Keep only the unsent ``parts`` of the head entry (some went out before a failure)."""
-        await self._redis.lset(self.key(openid), 0, json.dumps(parts, ensure_ascii=False))
+    async def replace_head(self, openid: str, entry: OutboxEntry, unsent: list[str]) -> None:
+        """Keep only the ``unsent`` parts of ``entry`` (some went out before a failure)."""
+        await self._replace_head(
+            keys=[self.key(openid)], args=[entry.raw, json.dumps(unsent, ensure_ascii=False)]
+        )
 
-    async def pop_head(self, openid: str) -> None:
-        await self._redis.lpop(self.key(openid))
+    async def pop_head(self, openid: str, entry: OutboxEntry) -> bool:
+        """Remove ``entry`` if it is still the head (``False``: someone else moved on)."""
+        return bool(await self._pop_head(keys=[self.key(openid)], args=[entry.raw]))
 
     async def take_all(self, openid: str) -> list[list[str]]:
         """Remove and return every entry (when they can no longer be delivered)."""

@@ -25,6 +25,9 @@ from state.message_gate import Duplicate
 
 log = logging.getLogger(__name__)
 
+#: Bound on each Redis call made here (the gate bounds its own).
+_REDIS_TIMEOUT_S = 5.0
+
 
 def _success() -> web.Response:
     """WeChat's "no reply" answer (a new one each time: aiohttp responses are single-use)."""
@@ -129,7 +132,12 @@ class WebhookHandler:
         if isinstance(outcome, Processed) and outcome.reply:
             # The request left while we committed: the record may say "reply", so mark it
             # pushed before pushing (a retry then answers "success", never the reply again).
-            await self._service.mark_pushed(outcome.keys)
+            # If that fails, push anyway: a reply twice is better than none.
+            try:
+                async with asyncio.timeout(_REDIS_TIMEOUT_S):
+                    await self._service.mark_pushed(outcome.keys)
+            except Exception:
+                log.exception("could not mark %s pushed", inbound.message_key)
             await self._push_quietly(inbound.openid, split_for_wechat(outcome.reply))
 
     def _answer(self, inbound: InboundMessage, reply: str) -> web.Response:
@@ -153,7 +161,8 @@ class WebhookHandler:
             if time.monotonic() - started >= self._passive_deadline_s:
                 return _success()  # the first delivery pushes its reply when it is done
             await asyncio.sleep(0.05)
-            duplicate = await self._service.read_duplicate(seen.keys)
+            async with asyncio.timeout(_REDIS_TIMEOUT_S):
+                duplicate = await self._service.read_duplicate(seen.keys)
         if duplicate is None:
             # The first delivery failed and let go of the message: handle it afresh.
             return await self.receive_decoded(inbound, started)
@@ -167,6 +176,7 @@ class WebhookHandler:
 
     async def _push_quietly(self, openid: str, parts: list[str]) -> None:
         try:
-            await self._outbox.push(openid, parts)
+            async with asyncio.timeout(_REDIS_TIMEOUT_S):
+                await self._outbox.push(openid, parts)
         except Exception:
             log.exception("could not queue a pushed reply")

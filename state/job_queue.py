@@ -13,6 +13,7 @@ Everything lives in Redis, so any number of workers in any number of processes s
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 import uuid
@@ -32,6 +33,7 @@ if not raw then redis.call('ZREM', KEYS[1], id); return false end
 redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], id)
 local job = cjson.decode(raw)
 job['attempts'] = (job['attempts'] or 0) + 1
+job['claim'] = ARGV[3]
 raw = cjson.encode(job)
 redis.call('HSET', KEYS[2], id, raw)
 return {id, raw}
@@ -39,13 +41,14 @@ return {id, raw}
 
 
 # Settling a job (complete / retry / bury / extend) is allowed only to the worker that claimed it
-# last: the stored attempt count must still be the one it claimed with. A worker whose lease ran
-# out (and whose job another worker has claimed since) thus cannot overwrite the newer state.
+# last: the stored claim token must still be the one it got. A worker whose lease ran out (and
+# whose job another worker has claimed since, or which was completed and enqueued afresh under
+# the same id) thus cannot overwrite the newer state.
 _OWNED = """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return false end
+if not raw then return -1 end
 local job = cjson.decode(raw)
-if tonumber(job['attempts']) ~= tonumber(ARGV[2]) then return false end
+if job['claim'] ~= ARGV[2] then return -1 end
 """
 
 _COMPLETE = (
@@ -86,6 +89,12 @@ return 1
 )
 
 
+class Completion(enum.Enum):
+    DONE = "done"
+    MORE_WORK = "more_work"
+    NOT_OWNED = "not_owned"
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A claimed job. ``attempts`` counts this one (1 on the first run)."""
@@ -96,6 +105,8 @@ class Job:
     attempts: int
     enqueued_at: float
     errors: list[str] = field(default_factory=list)
+    #: Proof of ownership: the token this claim wrote into the job.
+    claim: str = ""
 
 
 class JobQueue:
@@ -133,49 +144,56 @@ class JobQueue:
 
     async def claim(self) -> Job | None:
         """Take the next due job under a lease, or ``None`` when nothing is due."""
-        claimed = await self._claim(keys=[self._due, self._data], args=[time.time(), self._lease_s])
+        claimed = await self._claim(
+            keys=[self._due, self._data], args=[time.time(), self._lease_s, uuid.uuid4().hex]
+        )
         if not claimed:
             return None
         job_id, raw = claimed
         return _job_from_record(_text(job_id), raw)
 
-    async def complete(self, job: Job, *, unless_nonempty: str | None = None) -> bool:
-        """Remove a finished ``job``. ``False`` (and the job stays) when the list
-        ``unless_nonempty`` has items — more work arrived for it — or when this worker no
-        longer owns the job (its lease ran out and another worker claimed it)."""
-        done = await self._complete(
-            keys=[self._due, self._data, unless_nonempty or ""], args=[job.job_id, job.attempts]
+    async def complete(self, job: Job, *, unless_nonempty: str | None = None) -> Completion:
+        """Remove a finished ``job`` (``DONE``). ``MORE_WORK`` (the job stays) when the list
+        ``unless_nonempty`` has items; ``NOT_OWNED`` when this worker no longer owns the job
+        (its lease ran out and another worker claimed it)."""
+        code = await self._complete(
+            keys=[self._due, self._data, unless_nonempty or ""], args=[job.job_id, job.claim]
         )
-        return bool(done)
+        return {1: Completion.DONE, 0: Completion.MORE_WORK}.get(int(code), Completion.NOT_OWNED)
 
     async def retry(self, job: Job, *, delay_s: float, error: str) -> bool:
         """Run ``job`` again after ``delay_s``, remembering ``error`` (``False``: not owned)."""
         record = json.dumps(_record(job, error), ensure_ascii=False)
-        return bool(
+        return _succeeded(
             await self._reschedule(
                 keys=[self._due, self._data],
-                args=[job.job_id, job.attempts, record, time.time() + delay_s],
+                args=[job.job_id, job.claim, record, time.time() + delay_s],
             )
         )
 
     async def extend(self, job: Job) -> bool:
         """Renew the lease of a long-running ``job`` (``False``: not owned any more)."""
-        return bool(
+        return _succeeded(
             await self._extend(
                 keys=[self._due, self._data],
-                args=[job.job_id, job.attempts, time.time() + self._lease_s],
+                args=[job.job_id, job.claim, time.time() + self._lease_s],
             )
         )
 
     async def bury(self, job: Job, *, error: str) -> bool:
         """Give up on ``job``: move it to the dead-letter list with the reason."""
         record = _record(job, error) | {"job_id": job.job_id, "buried_at": time.time()}
-        return bool(
+        return _succeeded(
             await self._bury(
                 keys=[self._due, self._data, self._dead],
-                args=[job.job_id, job.attempts, json.dumps(record, ensure_ascii=False)],
+                args=[job.job_id, job.claim, json.dumps(record, ensure_ascii=False)],
             )
         )
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claimed job stays the claimer's without being extended."""
+        return self._lease_s
 
     async def pending_count(self) -> int:
         return int(await self._redis.zcard(self._due))
@@ -191,6 +209,7 @@ def _record(job: Job, error: str) -> dict[str, Any]:
         "attempts": job.attempts,
         "at": job.enqueued_at,
         "errors": [*job.errors, error][-10:],
+        "claim": job.claim,
     }
 
 
@@ -209,4 +228,10 @@ def _job_from_record(job_id: str, raw: bytes | str) -> Job:
         attempts=int(record["attempts"]),
         enqueued_at=float(record["at"]),
         errors=list(errors) if isinstance(errors, list) else [],
+        claim=str(record.get("claim") or ""),
     )
+
+
+def _succeeded(code: object) -> bool:
+    """The settle scripts answer 1 when done, -1 when the job is not the caller's any more."""
+    return code == 1

@@ -9,8 +9,9 @@ resident's messages may reach different processes at once. For each message the 
    - takes a ticket in the resident's queue (``INCR``); tickets are served in order, so messages
      of one user are processed one at a time, in the order they reached Redis, across processes;
    - when it is this ticket's turn at once (the usual case), returns the stored conversation.
-   A record still ``pending`` after a whole turn lease belonged to a process that died: the
-   retry takes the message over instead of waiting for an answer that will never come.
+   A ``pending`` record names its delivery's ticket: a retry takes the message over only when
+   that delivery cannot finish it (its turn passed without a commit, or it has held the turn
+   past the lease), never from one still waiting in line.
 2. :meth:`MessageGate.wait_turn` — only when another message of the same user is in progress:
    polls until this ticket's turn. A turn held longer than ``turn_lease_s`` is presumed dead (its
    process crashed) and skipped, so one crash cannot block a resident for good; a skipped turn
@@ -41,9 +42,16 @@ PENDING = "pending"
 PUSHED = "pushed"
 _REPLY_PREFIX = "r:"
 
+# Every script reads the time from Redis itself, so that hosts with skewed clocks agree on
+# leases and ages.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
 # Moves ``serving`` past tickets whose message gave up (SREM'd from the abandoned set as it
-# goes) and restarts the lease clock for whoever's turn it now is. KEYS: serving, turn-since,
-# abandoned; expects local ``serving`` and ``now``.
+# goes) and restarts the lease clock for whoever's turn it now is. Expects locals
+# ``serving_key``, ``since_key``, ``abandoned_key``, ``queue_ttl``, ``serving`` and ``now``.
 _STEP_OVER_ABANDONED = """
 while redis.call('SREM', abandoned_key, tostring(serving + 1)) == 1 do
   serving = serving + 1
@@ -52,38 +60,61 @@ redis.call('SET', serving_key, tostring(serving), 'EX', queue_ttl)
 redis.call('SET', since_key, tostring(now), 'EX', queue_ttl)
 """
 
-_BEGIN = """
-local existing = redis.call('GET', KEYS[1])
+# KEYS: dedupe, ticket, serving, turn-since, conversation, abandoned.
+# ARGV: dedupe TTL (s), queue TTL (s), turn lease (ms).
+_BEGIN = (
+    _NOW
+    + """
+local dedupe_key, ticket_key, serving_key = KEYS[1], KEYS[2], KEYS[3]
+local since_key, conversation_key, abandoned_key = KEYS[4], KEYS[5], KEYS[6]
+local queue_ttl = ARGV[2]
+local existing = redis.call('GET', dedupe_key)
 if existing then
-  local started = tonumber(string.match(existing, '^pending:(%d+)$') or '')
-  -- A first delivery still "pending" after a whole lease died with its process: take over.
-  if not started or tonumber(ARGV[2]) - started <= tonumber(ARGV[4]) then
-    return {'dup', existing}
-  end
+  local first = tonumber(string.match(existing, '^pending:%d+:(%d+)$') or '')
+  if not first then return {'dup', existing} end
+  -- Still pending. Take the message over only from a delivery that cannot finish it: its
+  -- turn came and went without a commit, or it holds the turn past the lease (its process
+  -- died). A delivery still waiting in the queue is alive: this is a retry of it.
+  local serving = tonumber(redis.call('GET', serving_key) or '0')
+  local since = tonumber(redis.call('GET', since_key) or '0')
+  local passed = serving >= first
+  local stalled = serving == first - 1 and now - since > tonumber(ARGV[3])
+  if not (passed or stalled) then return {'dup', existing} end
 end
-redis.call('SET', KEYS[1], 'pending:' .. ARGV[2], 'EX', ARGV[1])
-local ticket = redis.call('INCR', KEYS[2])
-if ticket == 1 then redis.call('SET', KEYS[3], '0') end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-local serving = tonumber(redis.call('GET', KEYS[3]) or '0')
+local ticket = redis.call('INCR', ticket_key)
+if ticket == 1 then
+  -- A fresh queue (the old one expired): nothing of the old one may linger.
+  redis.call('SET', serving_key, '0')
+  redis.call('DEL', abandoned_key)
+end
+redis.call('EXPIRE', ticket_key, queue_ttl)
+redis.call('EXPIRE', serving_key, queue_ttl)
+local claim = 'pending:' .. now .. ':' .. ticket
+redis.call('SET', dedupe_key, claim, 'EX', ARGV[1])
+local serving = tonumber(redis.call('GET', serving_key) or '0')
 if serving >= ticket - 1 then
-  redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
-  return {'go', tostring(ticket), redis.call('GET', KEYS[5]) or ''}
+  redis.call('SET', since_key, tostring(now), 'EX', queue_ttl)
+  return {'go', tostring(ticket), redis.call('GET', conversation_key) or '', claim}
 end
-return {'wait', tostring(ticket), ''}
+return {'wait', tostring(ticket), '', claim}
 """
+)
 
+# KEYS: serving, turn-since, conversation, abandoned, dedupe.
+# ARGV: ticket, turn lease (ms), queue TTL (s), this delivery's claim.
 _TRY_TURN = (
-    """
+    _NOW
+    + """
 local serving_key, since_key, abandoned_key = KEYS[1], KEYS[2], KEYS[4]
 local ticket = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-local queue_ttl = ARGV[4]
+local queue_ttl = ARGV[3]
+if redis.call('GET', KEYS[5]) ~= ARGV[4] then
+  return {'lost', ''}  -- a retry took the message over: it is not ours to handle any more
+end
 local serving = tonumber(redis.call('GET', serving_key) or '0')
 if serving < ticket - 1 then
   local since = tonumber(redis.call('GET', since_key) or '0')
-  if now - since > tonumber(ARGV[3]) then
+  if now - since > tonumber(ARGV[2]) then
     -- The turn's holder outlived its lease: presume its process dead and skip it.
     serving = serving + 1
 """
@@ -100,15 +131,18 @@ return {'wait', ''}
 """
 )
 
+# KEYS: dedupe, conversation, serving, turn-since, abandoned.
+# ARGV: dedupe record, dedupe TTL (s), conversation, conversation TTL (s), ticket, queue TTL (s),
+#       this delivery's claim.
 _COMMIT = (
-    """
+    _NOW
+    + """
 local serving_key, since_key, abandoned_key = KEYS[3], KEYS[4], KEYS[5]
 local ticket = tonumber(ARGV[5])
 local queue_ttl = ARGV[6]
-local now = tonumber(ARGV[7])
 local serving = tonumber(redis.call('GET', serving_key) or '0')
-if serving ~= ticket - 1 then
-  -- Our turn was skipped (we outlived the lease): someone else may have moved on.
+if serving ~= ticket - 1 or redis.call('GET', KEYS[1]) ~= ARGV[7] then
+  -- Our turn was skipped (we outlived the lease) or a retry took the message over.
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -125,13 +159,16 @@ return 1
 """
 )
 
+# KEYS: dedupe, serving, turn-since, abandoned. ARGV: ticket, queue TTL (s), this delivery's claim.
 _RELEASE = (
-    """
+    _NOW
+    + """
 local serving_key, since_key, abandoned_key = KEYS[2], KEYS[3], KEYS[4]
 local ticket = tonumber(ARGV[1])
 local queue_ttl = ARGV[2]
-local now = tonumber(ARGV[3])
-redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[1]) == ARGV[3] then
+  redis.call('DEL', KEYS[1])  -- only our own claim: never a committed reply or a retry's claim
+end
 local serving = tonumber(redis.call('GET', serving_key) or '0')
 if serving == ticket - 1 then
   -- It was our turn: pass it on.
@@ -172,6 +209,8 @@ class Turn:
     ticket: int
     ready: bool
     conversation: bytes
+    #: The pending record this delivery wrote; only its holder may commit or release it.
+    claim: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,24 +262,47 @@ class MessageGate:
     async def begin(self, keys: GateKeys) -> Duplicate | Turn:
         """Record the message and take a turn; see the module docstring."""
         result = await self._begin(
-            keys=[keys.dedupe, keys.ticket, keys.serving, keys.turn_since, keys.conversation],
-            args=[self._dedupe_ttl_s, _now_ms(), self._queue_ttl_s, self._turn_lease_ms],
+            keys=[
+                keys.dedupe,
+                keys.ticket,
+                keys.serving,
+                keys.turn_since,
+                keys.conversation,
+                keys.abandoned,
+            ],
+            args=[self._dedupe_ttl_s, self._queue_ttl_s, self._turn_lease_ms],
         )
         tag = _text(result[0])
         if tag == "dup":
             return _duplicate(_text(result[1]))
-        return Turn(ticket=int(result[1]), ready=tag == "go", conversation=_bytes(result[2]))
+        return Turn(
+            ticket=int(result[1]),
+            ready=tag == "go",
+            conversation=_bytes(result[2]),
+            claim=_text(result[3]),
+        )
 
     async def wait_turn(self, keys: GateKeys, turn: Turn, *, timeout_s: float) -> Turn:
         """Wait until ``turn`` may run; raise :class:`LockTimeout` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
             tag, conversation = await self._try_turn(
-                keys=[keys.serving, keys.turn_since, keys.conversation, keys.abandoned],
-                args=[turn.ticket, _now_ms(), self._turn_lease_ms, self._queue_ttl_s],
+                keys=[
+                    keys.serving,
+                    keys.turn_since,
+                    keys.conversation,
+                    keys.abandoned,
+                    keys.dedupe,
+                ],
+                args=[turn.ticket, self._turn_lease_ms, self._queue_ttl_s, turn.claim],
             )
             if _text(tag) == "go":
-                return Turn(ticket=turn.ticket, ready=True, conversation=_bytes(conversation))
+                return Turn(
+                    ticket=turn.ticket,
+                    ready=True,
+                    conversation=_bytes(conversation),
+                    claim=turn.claim,
+                )
             if _text(tag) == "lost":
                 raise LockTimeout(f"turn {turn.ticket} was skipped while waiting")
             if time.monotonic() >= deadline:
@@ -265,7 +327,7 @@ class MessageGate:
                 self._conversation_ttl_s,
                 turn.ticket,
                 self._queue_ttl_s,
-                _now_ms(),
+                turn.claim,
             ],
         )
         if not stored:
@@ -284,7 +346,7 @@ class MessageGate:
         """
         await self._release(
             keys=[keys.dedupe, keys.serving, keys.turn_since, keys.abandoned],
-            args=[turn.ticket, self._queue_ttl_s, _now_ms()],
+            args=[turn.ticket, self._queue_ttl_s, turn.claim],
         )
 
     async def read_dedupe(self, keys: GateKeys) -> Duplicate | None:
@@ -306,7 +368,3 @@ def _text(value: bytes | str) -> str:
 
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from state.job_queue import JobQueue
+from state.job_queue import Completion, JobQueue
 
 
 async def test_enqueue_claim_complete(redis_client: aioredis.Redis, redis_prefix: str) -> None:
@@ -84,11 +84,11 @@ async def test_a_worker_whose_lease_ran_out_cannot_settle_the_job(
     await asyncio.sleep(0.15)
     fast = await queue.claim()  # the slow worker's lease ran out: another took the job
     assert slow is not None and fast is not None
-    assert not await queue.complete(slow)
+    assert await queue.complete(slow) is Completion.NOT_OWNED
     assert not await queue.retry(slow, delay_s=0, error="late")
     assert not await queue.extend(slow)
     assert not await queue.bury(slow, error="late")
-    assert await queue.complete(fast)
+    assert await queue.complete(fast) is Completion.DONE
     assert await queue.pending_count() == 0 and await queue.dead_jobs() == []
 
 
@@ -101,6 +101,25 @@ async def test_complete_refuses_while_more_work_is_queued_for_the_job(
     assert job is not None
     work = f"{redis_prefix}outbox:o1"
     await redis_client.rpush(work, "one more")
-    assert not await queue.complete(job, unless_nonempty=work)
+    assert await queue.complete(job, unless_nonempty=work) is Completion.MORE_WORK
     await redis_client.delete(work)
-    assert await queue.complete(job, unless_nonempty=work)
+    assert await queue.complete(job, unless_nonempty=work) is Completion.DONE
+
+
+async def test_a_job_completed_and_enqueued_afresh_is_not_the_old_claimers(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Same job id, same attempt count: only the claim token tells the two claims apart."""
+    queue = JobQueue(redis_client, prefix=redis_prefix, lease_s=0.1)
+    await queue.enqueue("drain", {}, job_id="outbox:o1")
+    old = await queue.claim()
+    await asyncio.sleep(0.15)
+    taken_over = await queue.claim()
+    assert old is not None and taken_over is not None
+    assert await queue.complete(taken_over) is Completion.DONE
+    await queue.enqueue("drain", {}, job_id="outbox:o1")
+    fresh = await queue.claim()
+    assert fresh is not None and fresh.attempts == old.attempts == 1
+    assert not await queue.extend(old)
+    assert await queue.complete(old) is Completion.NOT_OWNED
+    assert await queue.complete(fresh) is Completion.DONE

@@ -178,6 +178,36 @@ async def test_a_retry_takes_over_a_message_whose_first_delivery_died(
     turn = await gate.wait_turn(keys, retry, timeout_s=2)  # the dead turn is skipped too
     await gate.commit(keys, turn, conversation=b"handled", reply="好的")
     assert await gate.begin(keys) == Duplicate(pending=False, pushed=False, reply="好的")
+    with pytest.raises(LockTimeout):  # were the first delivery alive after all, it stores nothing
+        await gate.commit(keys, died, conversation=b"zombie", reply="重复")
+    assert await redis_client.get(keys.conversation) == b"handled"
+
+
+async def test_a_retry_never_takes_over_from_a_delivery_still_waiting_in_line(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = _gate(redis_client, redis_prefix, turn_lease_s=0.1, poll_interval_s=0.005)
+    holder = await gate.begin(gate.keys("gh_a", "o_user", "msg:holder"))
+    keys = gate.keys("gh_a", "o_user", "msg:waiting")
+    waiting = await gate.begin(keys)
+    assert isinstance(holder, Turn) and isinstance(waiting, Turn) and not waiting.ready
+    await asyncio.sleep(0.15)  # long past the lease, but the first delivery is alive in line
+    assert await gate.begin(keys) == Duplicate(pending=True, pushed=False, reply=None)
+
+
+async def test_release_after_a_commit_keeps_the_reply(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Commit reached Redis but its answer timed out: releasing must not erase the reply."""
+    gate = _gate(redis_client, redis_prefix)
+    keys = gate.keys("gh_a", "o_user", "msg:1")
+    turn = await gate.begin(keys)
+    assert isinstance(turn, Turn)
+    await gate.commit(keys, turn, conversation=b"state", reply="好的")
+    await gate.release(keys, turn)
+    assert await gate.begin(keys) == Duplicate(pending=False, pushed=False, reply="好的")
+    later = await gate.begin(gate.keys("gh_a", "o_user", "msg:2"))
+    assert isinstance(later, Turn) and later.ready and later.conversation == b"state"
 
 
 async def test_scripts_are_loaded_again_after_redis_forgets_them(
