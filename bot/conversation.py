@@ -33,10 +33,10 @@ from state.personal_data import redact_id_numbers
 
 log = logging.getLogger(__name__)
 
-#: The intake transcript kept with a conversation is capped; older lines are dropped first.
-TRANSCRIPT_LIMIT = 400
-#: Associated data of the sealed conversation: a token sealed for another purpose won't open.
+#: Associated data of the sealed conversation and transcript lines: a token sealed for one
+#: purpose won't open as another.
 CONVERSATION_PURPOSE = "conversation"
+TRANSCRIPT_PURPOSE = "intake-transcript"
 
 JOB_FETCH_MEDIA = "wechat.fetch_media"
 JOB_CALLBACK_REQUEST = "intake.callback_request"
@@ -84,21 +84,20 @@ class AlreadySeen:
 
 @dataclass(slots=True)
 class StoredConversation:
-    """What the gate stores per resident: the flow state and the intake transcript."""
+    """What the gate stores per resident: the flow state and when the intake began.
+
+    The intake transcript is stored beside it, line by line (``MessageGate`` appends); here
+    are only ``new_lines``, recorded while handling the current message.
+    """
 
     flow_state: ConversationState
-    transcript: list[dict[str, str]] = field(default_factory=list)
     #: When this intake began (ISO time of its first message): names it for the case store.
     began: str = ""
+    new_lines: list[dict[str, str]] = field(default_factory=list)
 
     def dump(self) -> str:
         return json.dumps(
-            {
-                "v": 1,
-                "flow": self.flow_state.to_dict(),
-                "transcript": self.transcript,
-                "began": self.began,
-            },
+            {"v": 2, "flow": self.flow_state.to_dict(), "began": self.began},
             ensure_ascii=False,
             separators=(",", ":"),
         )
@@ -110,9 +109,7 @@ class StoredConversation:
             return cls(ConversationState.initial())
         try:
             data = json.loads(raw)
-            transcript = [dict(line) for line in data.get("transcript", [])][-TRANSCRIPT_LIMIT:]
-            began = str(data.get("began") or (transcript[0]["at"] if transcript else ""))
-            return cls(ConversationState.from_dict(data["flow"]), transcript, began)
+            return cls(ConversationState.from_dict(data["flow"]), str(data.get("began") or ""))
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("unreadable stored conversation; starting afresh")
             return cls(ConversationState.initial())
@@ -127,12 +124,12 @@ class StoredConversation:
         return "intake:" + digest[:48]
 
     def record(self, direction: str, msg_type: str, content: str, at: datetime) -> None:
+        """Add a transcript line (ID numbers masked before anything is stored)."""
         if not self.began:
             self.began = at.isoformat()
-        self.transcript.append(
+        self.new_lines.append(
             {"d": direction, "t": msg_type, "c": redact_id_numbers(content), "at": at.isoformat()}
         )
-        del self.transcript[:-TRANSCRIPT_LIMIT]
 
 
 class ConversationService:
@@ -182,17 +179,23 @@ class ConversationService:
                 turn = await self._gate.wait_turn(keys, turn, timeout_s=self._turn_wait_s)
             conversation = self._open(turn)
             async with asyncio.timeout(self._handling_limit_s):
-                reply = await self._run_flow(inbound, conversation)
+                reply = await self._run_flow(inbound, conversation, keys)
+            blank = _is_blank(conversation)
             stored = (
                 b""
-                if _is_blank(conversation)
+                if blank
                 else self._sealer.encrypt(
                     conversation.dump(), purpose=CONVERSATION_PURPOSE
                 ).encode()
             )
+            lines = [] if blank else [self._seal_line(line) for line in conversation.new_lines]
             async with asyncio.timeout(self._redis_timeout_s):
                 await self._gate.commit(
-                    keys, turn, conversation=stored, reply=reply if passive() else None
+                    keys,
+                    turn,
+                    conversation=stored,
+                    reply=reply if passive() else None,
+                    transcript=lines,
                 )
         except BaseException:
             await asyncio.shield(self._release_quietly(keys, turn))
@@ -217,7 +220,28 @@ class ConversationService:
             log.warning("stored conversation cannot be unsealed (key rotated?); starting afresh")
             return StoredConversation(ConversationState.initial())
 
-    async def _run_flow(self, inbound: InboundMessage, conversation: StoredConversation) -> str:
+    def _seal_line(self, line: dict[str, str]) -> bytes:
+        text = json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+        return self._sealer.encrypt(text, purpose=TRANSCRIPT_PURPOSE).encode()
+
+    async def _transcript(
+        self, keys: GateKeys, conversation: StoredConversation
+    ) -> list[dict[str, str]]:
+        """The whole intake transcript: the stored lines, then this message's."""
+        async with asyncio.timeout(self._redis_timeout_s):
+            stored = await self._gate.read_transcript(keys)
+        lines: list[dict[str, str]] = []
+        for sealed in stored:
+            try:
+                text = self._sealer.decrypt(sealed.decode(), purpose=TRANSCRIPT_PURPOSE)
+                lines.append({str(k): str(v) for k, v in json.loads(text).items()})
+            except (ValueError, ConfigurationError, AttributeError):
+                log.warning("unreadable transcript line skipped")
+        return lines + conversation.new_lines
+
+    async def _run_flow(
+        self, inbound: InboundMessage, conversation: StoredConversation, keys: GateKeys
+    ) -> str:
         now = self._clock()
         conversation.record("in", inbound.msg_type, inbound.transcript_text, now)
         state, pending = advance(INTAKE_FLOW, conversation.flow_state, inbound.event, now)
@@ -233,7 +257,7 @@ class ConversationService:
                 feedback = await self._desk.open_case(
                     effect.draft,
                     openid=inbound.openid,
-                    intake=list(conversation.transcript),
+                    intake=await self._transcript(keys, conversation),
                     now=now,
                     submission_key=conversation.submission_key(inbound.account, inbound.openid),
                 )
@@ -274,8 +298,9 @@ class ConversationService:
         conversation.flow_state = state
         if state == ConversationState.initial():
             # No intake in progress (none begun, submitted, refused or abandoned): its
-            # transcript is either stored with the case already or must not be kept at all.
-            conversation.transcript.clear()
+            # transcript is either stored with the case already or must not be kept at all
+            # (committing the blank conversation deletes the stored lines).
+            conversation.new_lines.clear()
             conversation.began = ""
         return "\n\n".join(replies)
 

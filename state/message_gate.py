@@ -19,8 +19,9 @@ resident's messages may reach different processes at once. For each message the 
    that gives up while waiting leaves the queue (``abandoned``) without letting later ones
    jump ahead of the message still running.
 3. :meth:`MessageGate.commit` — one round trip: stores the new conversation (with its TTL, which
-   is how a half-finished intake expires), records the reply under the dedupe key for retries,
-   and passes the turn on.
+   is how a half-finished intake expires), appends this message's transcript lines to the
+   intake's transcript list (append-only: a message costs the same late in an intake as early),
+   records the reply under the dedupe key for retries, and passes the turn on.
 
 So the usual message costs two Redis round trips. Dedupe records are kept ``dedupe_ttl_s``
 (longer than WeChat's retry span of ~15 s).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -131,9 +133,9 @@ return {'wait', ''}
 """
 )
 
-# KEYS: dedupe, conversation, serving, turn-since, abandoned.
+# KEYS: dedupe, conversation, serving, turn-since, abandoned, transcript.
 # ARGV: dedupe record, dedupe TTL (s), conversation, conversation TTL (s), ticket, queue TTL (s),
-#       this delivery's claim.
+#       this delivery's claim, transcript cap, then the new transcript lines.
 _COMMIT = (
     _NOW
     + """
@@ -147,9 +149,15 @@ if serving ~= ticket - 1 or redis.call('GET', KEYS[1]) ~= ARGV[7] then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[3] == '' then
-  redis.call('DEL', KEYS[2])
+  -- No intake in progress: the conversation and its transcript go.
+  redis.call('DEL', KEYS[2], KEYS[6])
 else
   redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+  if #ARGV > 8 then
+    redis.call('RPUSH', KEYS[6], unpack(ARGV, 9))
+    redis.call('LTRIM', KEYS[6], -tonumber(ARGV[8]), -1)
+  end
+  redis.call('EXPIRE', KEYS[6], ARGV[4])
 end
 serving = ticket
 """
@@ -221,6 +229,7 @@ class GateKeys:
     turn_since: str
     conversation: str
     abandoned: str
+    transcript: str
 
 
 class MessageGate:
@@ -235,6 +244,7 @@ class MessageGate:
         conversation_ttl_s: int = 7 * 24 * 3600,
         turn_lease_s: float = 30.0,
         poll_interval_s: float = 0.02,
+        transcript_limit: int = 400,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -242,6 +252,7 @@ class MessageGate:
         self._conversation_ttl_s = conversation_ttl_s
         self._turn_lease_ms = int(turn_lease_s * 1000)
         self._poll_interval_s = poll_interval_s
+        self._transcript_limit = transcript_limit
         self._queue_ttl_s = max(3600, int(turn_lease_s * 10))
         self._begin = LuaScript(redis, _BEGIN)
         self._try_turn = LuaScript(redis, _TRY_TURN)
@@ -257,6 +268,7 @@ class MessageGate:
             turn_since=user + "turn-since",
             conversation=user + "conversation",
             abandoned=user + "abandoned",
+            transcript=user + "transcript",
         )
 
     async def begin(self, keys: GateKeys) -> Duplicate | Turn:
@@ -310,16 +322,30 @@ class MessageGate:
             await asyncio.sleep(self._poll_interval_s)
 
     async def commit(
-        self, keys: GateKeys, turn: Turn, *, conversation: bytes, reply: str | None
+        self,
+        keys: GateKeys,
+        turn: Turn,
+        *,
+        conversation: bytes,
+        reply: str | None,
+        transcript: Sequence[bytes] = (),
     ) -> None:
-        """Store ``conversation`` (b'' deletes it), keep ``reply`` for retries, pass the turn.
+        """Store ``conversation`` (b'' deletes it and its transcript), append ``transcript``
+        lines (keeping the newest ``transcript_limit``), keep ``reply`` for retries, pass the turn.
 
         Raises :class:`LockTimeout`, storing nothing, when the turn was skipped meanwhile (it
         outlived its lease): a later message may already have moved the conversation on.
         """
         record = PUSHED if reply is None else _REPLY_PREFIX + reply
         stored = await self._commit(
-            keys=[keys.dedupe, keys.conversation, keys.serving, keys.turn_since, keys.abandoned],
+            keys=[
+                keys.dedupe,
+                keys.conversation,
+                keys.serving,
+                keys.turn_since,
+                keys.abandoned,
+                keys.transcript,
+            ],
             args=[
                 record,
                 self._dedupe_ttl_s,
@@ -328,10 +354,16 @@ class MessageGate:
                 turn.ticket,
                 self._queue_ttl_s,
                 turn.claim,
+                self._transcript_limit,
+                *transcript,
             ],
         )
         if not stored:
             raise LockTimeout(f"turn {turn.ticket} was skipped before it could commit")
+
+    async def read_transcript(self, keys: GateKeys) -> list[bytes]:
+        """The transcript lines stored so far for this resident's intake, oldest first."""
+        return [_bytes(line) for line in await self._redis.lrange(keys.transcript, 0, -1)]
 
     async def mark_pushed(self, keys: GateKeys) -> None:
         """Record that the reply went out by push, so that a retry does not repeat it passively."""

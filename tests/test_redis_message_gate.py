@@ -219,3 +219,21 @@ async def test_scripts_are_loaded_again_after_redis_forgets_them(
     second = await gate.begin(gate.keys("gh_a", "o_user", "msg:2"))
     assert isinstance(first, Turn) and isinstance(second, Turn)
     assert second.ticket == first.ticket + 1
+
+
+async def test_transcript_lines_are_appended_capped_and_dropped_with_the_intake(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    gate = MessageGate(redis_client, prefix=redis_prefix, transcript_limit=3)
+    for n in range(3):
+        keys = gate.keys("gh_a", "o_user", f"msg:{n}")
+        turn = await gate.begin(keys)
+        assert isinstance(turn, Turn)
+        lines = [f"in-{n}".encode(), f"out-{n}".encode()]
+        await gate.commit(keys, turn, conversation=b"state", reply="", transcript=lines)
+    assert await gate.read_transcript(keys) == [b"out-1", b"in-2", b"out-2"]  # the newest 3
+    keys = gate.keys("gh_a", "o_user", "msg:submitted")
+    turn = await gate.begin(keys)
+    assert isinstance(turn, Turn)
+    await gate.commit(keys, turn, conversation=b"", reply="", transcript=[b"ignored"])
+    assert await gate.read_transcript(keys) == []

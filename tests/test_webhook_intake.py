@@ -93,10 +93,9 @@ async def test_a_resident_files_a_dispute_in_every_crypto_mode(
             rows = (await connection.execute(sa.text(f"SELECT * FROM {table}"))).all()
             assert "53010219900307608" not in repr(rows), table
     # The finished intake leaves no conversation behind in Redis.
-    gate_keys = await jiefen.services.redis.keys(
-        f"{jiefen.settings.redis_prefix}user:*conversation"
-    )
-    assert gate_keys == []
+    prefix = jiefen.settings.redis_prefix
+    for leftover in ("conversation", "transcript"):
+        assert await jiefen.services.redis.keys(f"{prefix}user:*:{leftover}") == []
     listing = await jiefen.say(openid, "查询")
     assert match.group(0) in listing
 
