@@ -22,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from state.redis_connection import LuaScript
+from state.redis_connection import LuaScript, as_text
 
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
@@ -150,7 +150,7 @@ class JobQueue:
         if not claimed:
             return None
         job_id, raw = claimed
-        return _job_from_record(_text(job_id), raw)
+        return _job_from_record(as_text(job_id), raw)
 
     async def complete(self, job: Job, *, unless_nonempty: str | None = None) -> Completion:
         """Remove a finished ``job`` (``DONE``). ``MORE_WORK`` (the job stays) when the list
@@ -211,10 +211,6 @@ def _record(job: Job, error: str) -> dict[str, Any]:
         "errors": [*job.errors, error][-10:],
         "claim": job.claim,
     }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _job_from_record(job_id: str, raw: bytes | str) -> Job:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from jiefen.errors import LockTimeout
-from state.redis_connection import LuaScript
+from state.redis_connection import LuaScript, as_bytes, as_text
 
 PENDING = "pending"
 #: The dedupe value when the reply went out through the customer-service API, not passively.
@@ -284,14 +284,14 @@ class MessageGate:
             ],
             args=[self._dedupe_ttl_s, self._queue_ttl_s, self._turn_lease_ms],
         )
-        tag = _text(result[0])
+        tag = as_text(result[0])
         if tag == "dup":
-            return _duplicate(_text(result[1]))
+            return _duplicate(as_text(result[1]))
         return Turn(
             ticket=int(result[1]),
             ready=tag == "go",
-            conversation=_bytes(result[2]),
-            claim=_text(result[3]),
+            conversation=as_bytes(result[2]),
+            claim=as_text(result[3]),
         )
 
     async def wait_turn(self, keys: GateKeys, turn: Turn, *, timeout_s: float) -> Turn:
@@ -308,14 +308,14 @@ class MessageGate:
                 ],
                 args=[turn.ticket, self._turn_lease_ms, self._queue_ttl_s, turn.claim],
             )
-            if _text(tag) == "go":
+            if as_text(tag) == "go":
                 return Turn(
                     ticket=turn.ticket,
                     ready=True,
-                    conversation=_bytes(conversation),
+                    conversation=as_bytes(conversation),
                     claim=turn.claim,
                 )
-            if _text(tag) == "lost":
+            if as_text(tag) == "lost":
                 raise LockTimeout(f"turn {turn.ticket} was skipped while waiting")
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"turn {turn.ticket} not reached in {timeout_s} s")
@@ -363,7 +363,7 @@ class MessageGate:
 
     async def read_transcript(self, keys: GateKeys) -> list[bytes]:
         """The transcript lines stored so far for this resident's intake, oldest first."""
-        return [_bytes(line) for line in await self._redis.lrange(keys.transcript, 0, -1)]
+        return [as_bytes(line) for line in await self._redis.lrange(keys.transcript, 0, -1)]
 
     async def mark_pushed(self, keys: GateKeys) -> None:
         """Record that the reply went out by push, so that a retry does not repeat it passively."""
@@ -383,7 +383,7 @@ class MessageGate:
 
     async def read_dedupe(self, keys: GateKeys) -> Duplicate | None:
         value = await self._redis.get(keys.dedupe)
-        return None if value is None else _duplicate(_text(value))
+        return None if value is None else _duplicate(as_text(value))
 
 
 def _duplicate(value: str) -> Duplicate:
@@ -392,11 +392,3 @@ def _duplicate(value: str) -> Duplicate:
     if value == PUSHED:
         return Duplicate(pending=False, pushed=True, reply=None)
     return Duplicate(pending=False, pushed=False, reply=value.removeprefix(_REPLY_PREFIX))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value

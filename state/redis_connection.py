@@ -57,3 +57,13 @@ class LuaScript:
             return await self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._sha, len(keys), *keys, *args
             )
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may be set to decode responses or not)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """A Redis reply as bytes."""
+    return value.encode() if isinstance(value, str) else value

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -34,10 +35,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_healthy(url: str, server: subprocess.Popen[str]) -> None:
+def _wait_healthy(url: str, exited: Callable[[], bool]) -> None:
+    """Wait until ``url`` answers /healthz; fail at once if the server process ``exited()``."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert server.poll() is None, "jiefen serve exited early"
+        assert not exited(), "jiefen serve exited early"
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
                 if response.status == 200:
@@ -59,7 +61,7 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, server)
+        _wait_healthy(url, lambda: server.poll() is not None)
         lines = ["人工", *intake_script(3), "查询", "/图片", "/退出"]
         chat = subprocess.run(
             [*JIEFEN, "chat", "--url", url],
@@ -153,7 +155,7 @@ async def test_web_and_worker_processes_share_the_work(
         )
         worker = await asyncio.create_subprocess_exec(*JIEFEN, "worker", env=env)
         try:
-            await asyncio.to_thread(_wait_healthy_async_process, url, web_process)
+            await asyncio.to_thread(_wait_healthy, url, lambda: web_process.returncode is not None)
             simulator = WeChatSimulator(
                 DEV_WECHAT_TOKEN, DEV_WECHAT_APPID, DEV_WECHAT_AES_KEY, CryptoMode.SAFE
             )
@@ -170,19 +172,6 @@ async def test_web_and_worker_processes_share_the_work(
                 process.terminate()
             codes = [await asyncio.wait_for(p.wait(), 20) for p in (web_process, worker)]
         assert codes == [0, 0]
-
-
-def _wait_healthy_async_process(url: str, process: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.returncode is None, "jiefen serve exited early"
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("jiefen serve did not become healthy")
 
 
 async def _as_awaitable(value: object) -> object:
