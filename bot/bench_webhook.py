@@ -119,7 +119,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> Figures:
             urls: list[str] = []
             log = Path(data_dir) / "server.log"
             for index in range(args.processes):
-                port = _free_port()
+                port = free_port()
                 urls.append(f"http://127.0.0.1:{port}")
                 if index == 0:
                     # The first server migrates the database before the others start.
@@ -246,7 +246,8 @@ def _cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-from bot.bench_webhook import intake_script
+from bot.bench_webhook import free_port, intake_script
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
 from tests.harness import eventually
 
@@ -27,12 +26,6 @@ JIEFEN = [sys.executable, "-m", "jiefen.cli"]
 def _clean_env() -> dict[str, str]:
     """The environment of a newcomer: no JIEFEN_ settings at all."""
     return {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_healthy(url: str, exited: Callable[[], bool]) -> None:
@@ -50,7 +43,7 @@ def _wait_healthy(url: str, exited: Callable[[], bool]) -> None:
 
 
 def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [*JIEFEN, "serve", "--port", str(port)],
         cwd=tmp_path,
@@ -148,7 +141,7 @@ async def test_web_and_worker_processes_share_the_work(
             JIEFEN_WECHAT_API_BASE=fake_url,
             JIEFEN_PASSIVE_REPLY_DEADLINE_S="0",
         )
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         web_process = await asyncio.create_subprocess_exec(
             *JIEFEN, "serve", "--port", str(port), "--role", "web", env=env
