@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bot.inbound import InboundMessage
+from bot.outbox import Outbox
+from bot.reply_text import split_for_wechat
 from flows import effects, events
 from flows.conversation_state import ConversationState
 from flows.engine import advance
@@ -72,6 +74,8 @@ class Processed:
 
     keys: GateKeys
     reply: str
+    #: The reply was queued in the resident's outbox (the request had left by commit time).
+    pushed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ class ConversationService:
         jobs: JobQueue,
         desk: CaseDesk,
         sealer: Sealer,
-        turn_lease_s: float = 30.0,
+        outbox: Outbox,
         redis_timeout_s: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -150,27 +154,39 @@ class ConversationService:
         self._jobs = jobs
         self._desk = desk
         self._sealer = sealer
+        self._outbox = outbox
         # A message may wait behind a few dead turns (each skipped after one lease); its HTTP
         # request has long been answered by then, so waiting costs the resident nothing.
-        self._turn_wait_s = 4 * turn_lease_s
+        lease_s = gate.turn_lease_s
+        self._turn_wait_s = 4 * lease_s
         # Handling must end well inside the lease, or the turn is presumed dead and skipped.
-        self._handling_limit_s = max(turn_lease_s - 5.0, turn_lease_s / 2)
+        self._handling_limit_s = max(lease_s - 5.0, lease_s / 2)
         self._redis_timeout_s = redis_timeout_s
         self._clock = clock
 
     async def process(
-        self, inbound: InboundMessage, *, passive: Callable[[], bool] = lambda: True
+        self,
+        inbound: InboundMessage,
+        *,
+        passive: Callable[[], bool] = lambda: True,
+        placed: asyncio.Event | None = None,
     ) -> Processed | AlreadySeen:
         """Handle ``inbound`` exactly once across retries and processes.
 
         ``passive()`` says, at commit time, whether the reply will be given passively; when it
-        is false the dedupe record says "pushed", so a retry never repeats a pushed reply.
+        is false the reply joins the resident's outbox within the commit (so pushed replies keep
+        their messages' order) and the dedupe record says "pushed", so a retry never repeats it.
+        ``placed`` is set once the message holds its place in the resident's queue (or turned
+        out to be a retry), so the caller can answer WeChat without letting a later message
+        of the same resident overtake this one.
         On any failure the turn is released and the dedupe record dropped, so that WeChat's
         retry of the same message is handled afresh: nothing the resident sent is lost.
         """
         keys = self._gate.keys(inbound.account, inbound.openid, inbound.message_key)
         async with asyncio.timeout(self._redis_timeout_s):
             begun = await self._gate.begin(keys)
+        if placed is not None:
+            placed.set()
         if isinstance(begun, Duplicate):
             return AlreadySeen(keys, begun)
         turn = begun
@@ -189,18 +205,24 @@ class ConversationService:
                 ).encode()
             )
             lines = [] if blank else [self._seal_line(line) for line in conversation.new_lines]
+            parts = split_for_wechat(reply)
+            pushed = bool(parts) and not passive()
             async with asyncio.timeout(self._redis_timeout_s):
                 await self._gate.commit(
                     keys,
                     turn,
                     conversation=stored,
-                    reply=reply if passive() else None,
+                    reply=None if pushed else reply,
                     transcript=lines,
+                    push=self._outbox.append(inbound.openid, parts) if pushed else None,
                 )
         except BaseException:
             await asyncio.shield(self._release_quietly(keys, turn))
             raise
-        return Processed(keys, reply)
+        if pushed:
+            async with asyncio.timeout(self._redis_timeout_s):
+                await self._outbox.schedule(inbound.openid)
+        return Processed(keys, reply, pushed)
 
     async def mark_pushed(self, keys: GateKeys) -> None:
         await self._gate.mark_pushed(keys)
@@ -296,12 +318,6 @@ class ConversationService:
                 state.phase.value,
             )
         conversation.flow_state = state
-        if state == ConversationState.initial():
-            # No intake in progress (none begun, submitted, refused or abandoned): its
-            # transcript is either stored with the case already or must not be kept at all
-            # (committing the blank conversation deletes the stored lines).
-            conversation.new_lines.clear()
-            conversation.began = ""
         return "\n\n".join(replies)
 
     async def _release_quietly(self, keys: GateKeys, turn: Turn) -> None:
@@ -313,5 +329,9 @@ class ConversationService:
 
 
 def _is_blank(conversation: StoredConversation) -> bool:
-    """A conversation worth no storage: no intake in progress (its state is then initial)."""
+    """A conversation worth no storage: no intake in progress (its state is then initial).
+
+    Its transcript is then either stored with the case already or must not be kept at all:
+    committing a blank conversation deletes the stored lines and appends none.
+    """
     return conversation.flow_state == ConversationState.initial()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from state.job_queue import JobQueue
+from state.message_gate import OutboxAppend
 from state.redis_connection import LuaScript
 
 JOB_DRAIN_OUTBOX = "wechat.send_text"
@@ -64,17 +65,29 @@ class Outbox:
     def key(self, openid: str) -> str:
         return f"{self._prefix}outbox:{openid}"
 
+    def append(self, openid: str, parts: list[str]) -> OutboxAppend:
+        """The list append that queues one reply (already split into parts) for ``openid``,
+        for the message gate to perform within its commit; then call :meth:`schedule`."""
+        entry = json.dumps(parts, ensure_ascii=False).encode()
+        return OutboxAppend(key=self.key(openid), entry=entry, ttl_s=OUTBOX_TTL_S)
+
     async def push(self, openid: str, parts: list[str]) -> None:
-        """Queue one reply (already split into parts) for ``openid``."""
+        """Queue one reply (already split into parts) for ``openid`` on its own."""
         if not parts:
             return
-        key = self.key(openid)
+        append = self.append(openid, parts)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, json.dumps(parts, ensure_ascii=False))
-            pipe.expire(key, OUTBOX_TTL_S)
+            pipe.rpush(append.key, append.entry)
+            pipe.expire(append.key, append.ttl_s)
             await pipe.execute()
-        # If this process dies right here, the entry waits for the resident's next reply
-        # (whose push schedules the drain); the job is idempotent, so racing pushes are fine.
+        await self.schedule(openid)
+
+    async def schedule(self, openid: str) -> None:
+        """Make sure a drain job exists for ``openid`` (idempotent).
+
+        If a process dies between queueing an entry and this, the entry waits for the
+        resident's next pushed reply, whose scheduling drains it too.
+        """
         await self._jobs.enqueue(JOB_DRAIN_OUTBOX, {"openid": openid}, job_id=f"outbox:{openid}")
 
     async def head(self, openid: str) -> OutboxEntry | None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Bound on each Redis call made here (the gate bounds its own).
 _REDIS_TIMEOUT_S = 5.0
+#: How long an answer may wait for its message to take its place in the resident's queue.
+_PLACE_WAIT_S = 0.5
 
 
 def _success() -> web.Response:
@@ -77,12 +80,26 @@ class WebhookHandler:
         settled: asyncio.Future[Processed | AlreadySeen] = (
             asyncio.get_running_loop().create_future()
         )
-        task = asyncio.create_task(self._process(inbound, settled))
+        placed = asyncio.Event()
+        task = asyncio.create_task(self._process(inbound, settled, placed))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         remaining = self._passive_deadline_s - (time.monotonic() - started)
         try:
-            await asyncio.wait([settled], timeout=max(remaining, 0.0))
+            # Answer only once the message holds its place in the resident's queue (waiting at
+            # least _PLACE_WAIT_S for that, even past a short passive deadline): WeChat sends
+            # the resident's next message after our answer, and it must not overtake this one.
+            placing: asyncio.Future[Any] = asyncio.ensure_future(placed.wait())
+            waiters: set[asyncio.Future[Any]] = {placing, settled}
+            await asyncio.wait(
+                waiters,
+                timeout=max(remaining, _PLACE_WAIT_S),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            placing.cancel()
+            remaining = self._passive_deadline_s - (time.monotonic() - started)
+            if not settled.done() and remaining > 0:
+                await asyncio.wait([settled], timeout=remaining)
         finally:
             if not settled.done():
                 settled.cancel()  # from now on the reply (if any) is pushed: see _process
@@ -113,11 +130,16 @@ class WebhookHandler:
         return bytes(body)
 
     async def _process(
-        self, inbound: InboundMessage, settled: asyncio.Future[Processed | AlreadySeen]
+        self,
+        inbound: InboundMessage,
+        settled: asyncio.Future[Processed | AlreadySeen],
+        placed: asyncio.Event,
     ) -> None:
         """Handle ``inbound``; hand the outcome to the waiting request, or push it if it left."""
         try:
-            outcome = await self._service.process(inbound, passive=lambda: not settled.done())
+            outcome = await self._service.process(
+                inbound, passive=lambda: not settled.done(), placed=placed
+            )
         except Exception as error:
             log.exception("handling %s from a resident failed", inbound.message_key)
             if not settled.done():
@@ -129,8 +151,8 @@ class WebhookHandler:
         if not settled.done():
             settled.set_result(outcome)
             return
-        if isinstance(outcome, Processed) and outcome.reply:
-            # The request left while we committed: the record may say "reply", so mark it
+        if isinstance(outcome, Processed) and outcome.reply and not outcome.pushed:
+            # The request left during the commit: the record may say "reply", so mark it
             # pushed before pushing (a retry then answers "success", never the reply again).
             # If that fails, push anyway: a reply twice is better than none.
             try:
@@ -149,7 +171,11 @@ class WebhookHandler:
             task = asyncio.create_task(self._push_quietly(inbound.openid, parts[1:]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        xml = self._codec.encode_reply(inbound, parts[0], nonce=secrets.token_hex(8))
+        return self._passive(inbound, parts[0])
+
+    def _passive(self, inbound: InboundMessage, text: str) -> web.Response:
+        """The passive reply XML for ``text`` (one part, within WeChat's limit)."""
+        xml = self._codec.encode_reply(inbound, text, nonce=secrets.token_hex(8))
         return web.Response(text=xml, content_type="application/xml")
 
     async def _answer_retry(
@@ -171,8 +197,7 @@ class WebhookHandler:
         parts = split_for_wechat(duplicate.reply)
         if not parts:
             return _success()
-        xml = self._codec.encode_reply(inbound, parts[0], nonce=secrets.token_hex(8))
-        return web.Response(text=xml, content_type="application/xml")
+        return self._passive(inbound, parts[0])
 
     async def _push_quietly(self, openid: str, parts: list[str]) -> None:
         try:

@@ -120,7 +120,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             prefix=settings.redis_prefix,
             conversation_ttl_s=settings.conversation_ttl_days * 24 * 3600,
         )
-        conversation = ConversationService(gate=gate, jobs=jobs, desk=cases, sealer=protector)
+        conversation = ConversationService(
+            gate=gate, jobs=jobs, desk=cases, sealer=protector, outbox=outbox
+        )
         webhook = WebhookHandler(
             codec=WebhookCodec.from_settings(settings),
             service=conversation,

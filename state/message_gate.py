@@ -133,9 +133,10 @@ return {'wait', ''}
 """
 )
 
-# KEYS: dedupe, conversation, serving, turn-since, abandoned, transcript.
+# KEYS: dedupe, conversation, serving, turn-since, abandoned, transcript, outbox ('' if none).
 # ARGV: dedupe record, dedupe TTL (s), conversation, conversation TTL (s), ticket, queue TTL (s),
-#       this delivery's claim, transcript cap, then the new transcript lines.
+#       this delivery's claim, transcript cap, outbox entry ('' if none), outbox TTL (s),
+#       then the new transcript lines.
 _COMMIT = (
     _NOW
     + """
@@ -153,11 +154,17 @@ if ARGV[3] == '' then
   redis.call('DEL', KEYS[2], KEYS[6])
 else
   redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-  if #ARGV > 8 then
-    redis.call('RPUSH', KEYS[6], unpack(ARGV, 9))
+  if #ARGV > 10 then
+    redis.call('RPUSH', KEYS[6], unpack(ARGV, 11))
     redis.call('LTRIM', KEYS[6], -tonumber(ARGV[8]), -1)
   end
   redis.call('EXPIRE', KEYS[6], ARGV[4])
+end
+if ARGV[9] ~= '' then
+  -- A pushed reply joins the resident's outbox before the turn passes on: replies are
+  -- queued in the order their messages were handled.
+  redis.call('RPUSH', KEYS[7], ARGV[9])
+  redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
 serving = ticket
 """
@@ -222,6 +229,15 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxAppend:
+    """A pushed reply to append to a resident's outbox list as part of a commit."""
+
+    key: str
+    entry: bytes
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class GateKeys:
     dedupe: str
     ticket: str
@@ -250,6 +266,7 @@ class MessageGate:
         self._prefix = prefix
         self._dedupe_ttl_s = dedupe_ttl_s
         self._conversation_ttl_s = conversation_ttl_s
+        self.turn_lease_s = turn_lease_s
         self._turn_lease_ms = int(turn_lease_s * 1000)
         self._poll_interval_s = poll_interval_s
         self._transcript_limit = transcript_limit
@@ -329,9 +346,11 @@ class MessageGate:
         conversation: bytes,
         reply: str | None,
         transcript: Sequence[bytes] = (),
+        push: OutboxAppend | None = None,
     ) -> None:
         """Store ``conversation`` (b'' deletes it and its transcript), append ``transcript``
-        lines (keeping the newest ``transcript_limit``), keep ``reply`` for retries, pass the turn.
+        lines (keeping the newest ``transcript_limit``), keep ``reply`` for retries (``None``:
+        it is pushed), append ``push`` to the resident's outbox, and pass the turn — atomically.
 
         Raises :class:`LockTimeout`, storing nothing, when the turn was skipped meanwhile (it
         outlived its lease): a later message may already have moved the conversation on.
@@ -345,6 +364,7 @@ class MessageGate:
                 keys.turn_since,
                 keys.abandoned,
                 keys.transcript,
+                push.key if push else "",
             ],
             args=[
                 record,
@@ -355,6 +375,8 @@ class MessageGate:
                 self._queue_ttl_s,
                 turn.claim,
                 self._transcript_limit,
+                push.entry if push else b"",
+                push.ttl_s if push else 0,
                 *transcript,
             ],
         )

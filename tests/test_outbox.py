@@ -19,6 +19,7 @@ from bot.wechat_api import WeChatAPIClient
 from config.settings import DEV_WECHAT_APPID, DEV_WECHAT_SECRET
 from state.blob_store import LocalBlobStore
 from state.job_queue import JobQueue
+from tests.harness import eventually
 
 OPENID = "o_outbox"
 
@@ -83,7 +84,9 @@ async def test_replies_go_out_once_each_and_in_order_when_a_drainer_loses_its_le
         api.fail_next(CUSTOM_SEND_PATH, delay=0.5)
         slow = asyncio.create_task(first.run_once())
         await asyncio.sleep(0.35)
-        assert await second.run_once()
+        # The drain is due again once the lease ran out (or, cut off, it was retried): the
+        # second worker claims it within a moment.
+        assert await eventually(second.run_once, wait_s=5)
         await slow
         for _ in range(20):  # whatever is left (a retried or re-claimed drain) finishes
             await asyncio.sleep(0.05)
