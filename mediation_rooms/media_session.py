@@ -1,0 +1,268 @@
+"""The media of one room in this process: a peer connection per participant, forwarding, recording.
+
+Negotiation is always offered by the server, and the offer's shape never changes while a
+participant stays connected: two ``recvonly`` m-lines (audio, video) for what the participant
+sends, then a ``sendonly`` pair for each *other seat of the room*, whether or not anyone sits
+in it yet. A participant joining, leaving or being put on hold changes only what is forwarded,
+never the SDP, so there is no renegotiation (and none of its races) during a session. The
+offer's ``tracks`` list says which mid carries which seat. ``bundlePolicy`` is max-bundle (one
+transport; aiortc issue #1414 loses the second video m-line otherwise) and one video codec is
+forced for the room.
+
+A new connection of a seat that is already connected replaces the old one (second device, or
+a reconnect after a network drop): the old peer connection is closed, the seat's publications
+carry on from the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+
+from mediation_rooms import aiortc_hooks
+from mediation_rooms.forwarding import Publication, Subscription, SubscriptionTrack
+from mediation_rooms.recording import RoomClock, RoomRecording
+from mediation_rooms.room import SeatRole, SessionView
+
+log = logging.getLogger(__name__)
+
+KINDS = ("audio", "video")
+WATCHDOG_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """How the media plane is set up (from ``Settings``)."""
+
+    ice_servers: tuple[RTCIceServer, ...] = ()
+    video_codec: str = "VP8"
+    video_bitrate_cap_bps: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSlot:
+    """One m-line of a participant's connection: which seat's what it carries."""
+
+    mid: str
+    seat: str
+    kind: str
+    direction: str  # as the participant sees it: "send" (their own) or "receive"
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    sdp: str
+    tracks: tuple[TrackSlot, ...]
+
+
+@dataclass
+class ParticipantConnection:
+    seat: SeatRole
+    pc: RTCPeerConnection
+    connected_at: float
+    receivers: list[RTCRtpReceiver] = field(default_factory=list)
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+
+def codec_preferences(kind: str, video_codec: str) -> list[Any]:
+    """The codecs offered for ``kind``: Opus for audio; for video the room's codec and RTX."""
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    if kind == "audio":
+        return [codec for codec in capabilities if codec.mimeType.lower() == "audio/opus"]
+    wanted = f"video/{video_codec}".lower()
+    chosen = [codec for codec in capabilities if codec.mimeType.lower() == wanted]
+    if not chosen:
+        raise ValueError(f"video codec {video_codec} is not available")
+    return chosen + [codec for codec in capabilities if codec.mimeType.lower() == "video/rtx"]
+
+
+class RoomMedia:
+    """All media of one room in this process. Call :meth:`close` when the room ends."""
+
+    def __init__(
+        self,
+        room_id: str,
+        seats: Iterable[SeatRole],
+        config: MediaConfig,
+        recordings_dir: Path,
+        on_connection_lost: Callable[[SeatRole], None] | None = None,
+    ) -> None:
+        self.room_id = room_id
+        self.seats = tuple(seats)
+        self.config = config
+        self.recordings_dir = recordings_dir
+        self.view = SessionView()
+        self.recording: RoomRecording | None = None
+        self.connections: dict[SeatRole, ParticipantConnection] = {}
+        self.publications: dict[tuple[SeatRole, str], Publication] = {
+            (seat, kind): Publication(
+                seat.value, kind, config.video_codec if kind == "video" else "opus"
+            )
+            for seat in self.seats
+            for kind in KINDS
+        }
+        self._on_connection_lost = on_connection_lost
+        self._watchdog = asyncio.create_task(self._watch_stalls(), name=f"watchdog-{room_id}")
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def connect(self, seat: SeatRole) -> Offer:
+        """A new connection for ``seat`` (replacing any); returns the offer to send it."""
+        await self.disconnect(seat, reason="replaced")
+        pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=list(self.config.ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+            )
+        )
+        connection = ParticipantConnection(seat=seat, pc=pc, connected_at=time.monotonic())
+        self.connections[seat] = connection
+        incoming: dict[str, RTCRtpTransceiver] = {}
+        for kind in KINDS:
+            transceiver = pc.addTransceiver(kind, direction="recvonly")
+            transceiver.setCodecPreferences(codec_preferences(kind, self.config.video_codec))
+            incoming[kind] = transceiver
+        outgoing: list[tuple[RTCRtpTransceiver, Subscription]] = []
+        for other in self.seats:
+            if other == seat:
+                continue
+            for kind in KINDS:
+                publication = self.publications[(other, kind)]
+                track = SubscriptionTrack(kind)
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                transceiver.setCodecPreferences(codec_preferences(kind, self.config.video_codec))
+                aiortc_hooks.on_keyframe_request(transceiver.sender, publication.request_keyframe)
+                subscription = Subscription(publication, seat.value, track)
+                publication.subscriptions.add(subscription)
+                connection.subscriptions.append(subscription)
+                outgoing.append((transceiver, subscription))
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            for kind, transceiver in incoming.items():
+                if transceiver.receiver.track is track:
+                    publication = self.publications[(seat, kind)]
+                    cap = self.config.video_bitrate_cap_bps if kind == "video" else None
+                    publication.attach(transceiver.receiver, cap)
+                    connection.receivers.append(transceiver.receiver)
+                    if self.recording is not None and publication.sink is None:
+                        self.recording.record(publication)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed") and self.connections.get(seat) is (
+                connection
+            ):
+                log.info("room %s: %s connection %s", self.room_id, seat, pc.connectionState)
+                await self.disconnect(seat, reason=pc.connectionState)
+                if self._on_connection_lost is not None:
+                    self._on_connection_lost(seat)
+
+        await pc.setLocalDescription(await pc.createOffer())
+        self._apply_permissions()
+        tracks = [
+            TrackSlot(mid=str(incoming[kind].mid), seat=seat.value, kind=kind, direction="send")
+            for kind in KINDS
+        ] + [
+            TrackSlot(
+                mid=str(transceiver.mid),
+                seat=subscription.publication.seat,
+                kind=subscription.publication.kind,
+                direction="receive",
+            )
+            for transceiver, subscription in outgoing
+        ]
+        return Offer(sdp=pc.localDescription.sdp, tracks=tuple(tracks))
+
+    async def accept_answer(self, seat: SeatRole, sdp: str) -> None:
+        connection = self.connections.get(seat)
+        if connection is None:
+            raise LookupError(f"{seat} has no connection")
+        await connection.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def add_ice_candidate(self, seat: SeatRole, candidate: str, sdp_mid: str | None) -> None:
+        connection = self.connections.get(seat)
+        if connection is None:
+            raise LookupError(f"{seat} has no connection")
+        text = candidate.removeprefix("candidate:")
+        if not text:
+            return  # end-of-candidates
+        parsed = candidate_from_sdp(text)
+        parsed.sdpMid = sdp_mid
+        await connection.pc.addIceCandidate(parsed)
+
+    async def disconnect(self, seat: SeatRole, reason: str) -> None:
+        """Close ``seat``'s connection, if any; its publications wait for the next one."""
+        connection = self.connections.pop(seat, None)
+        if connection is None:
+            return
+        for subscription in connection.subscriptions:
+            subscription.publication.subscriptions.discard(subscription)
+            subscription.track.stop()
+        for receiver in connection.receivers:
+            for kind in KINDS:
+                self.publications[(seat, kind)].detach(receiver)
+        with contextlib.suppress(Exception):
+            await connection.pc.close()
+        if self.recording is not None:
+            self.recording.event("connection_closed", seat=seat.value, reason=reason)
+
+    # -- session ---------------------------------------------------------------------------
+
+    def update_view(self, view: SessionView) -> None:
+        """Apply who is admitted, muted and in caucus to every forwarding path."""
+        self.view = view
+        self._apply_permissions()
+
+    def _apply_permissions(self) -> None:
+        for connection in self.connections.values():
+            for subscription in connection.subscriptions:
+                publisher = SeatRole(subscription.publication.seat)
+                subscription.set_permitted(
+                    self.view.may_forward(publisher, connection.seat, subscription.publication.kind)
+                )
+
+    def start_recording(self, live_since: float) -> RoomRecording:
+        """Record every publication from now on (the room went live at ``live_since``)."""
+        if self.recording is None:
+            self.recording = RoomRecording(
+                self.recordings_dir / self.room_id, clock=RoomClock(live_since)
+            )
+            self.recording.event("recording_started", room=self.room_id)
+            for publication in self.publications.values():
+                if publication.connected:
+                    self.recording.record(publication)
+        return self.recording
+
+    async def close(self) -> None:
+        """End the room's media: every connection, the watchdog, the recording files."""
+        self._watchdog.cancel()
+        for seat in list(self.connections):
+            await self.disconnect(seat, reason="room_closed")
+        if self.recording is not None:
+            self.recording.close()
+
+    async def _watch_stalls(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            for publication in self.publications.values():
+                if publication.check_stall(now) and self.recording is not None:
+                    self.recording.event("stream_stalled", seat=publication.seat)

@@ -1,0 +1,235 @@
+"""Recording a live room: the forwarded packets muxed to disk (codec copy), plus a timeline.
+
+Layout of one room session's directory (``<recordings_dir>/<room_id>/``)::
+
+    timeline.jsonl                 one JSON object a line: {"t_ms", "event", ...}
+    applicant-video-01.webm        one file per seat, kind and connection part
+    applicant-audio-01.webm
+    ...
+
+Contract:
+
+- Every file and the timeline share one **room clock**: milliseconds since the room went live
+  (``RoomClock``). A track's first frame is placed at its arrival on that clock; later frames
+  by their RTP timestamps, so jitter in arrival does not jitter the recording, and the audio and
+  video of one participant stay in step (lip-sync) because both are anchored the same way.
+- Nothing is decoded or encoded. VP8 and Opus go into WebM; H.264 into MPEG-TS (its Annex B
+  bytes are what that container expects).
+- Files survive a kill: the muxer flushes each packet and closes a cluster every
+  ``CLUSTER_MS``, so a ``SIGKILL`` loses at most about that much.
+- A write error is logged and counted, never raised into the forwarding path: a full disk must
+  not end the mediation (the timeline records it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+from av.container import OutputContainer
+from av.stream import Stream
+
+from mediation_rooms.forwarding import ForwardedFrame, Publication
+
+log = logging.getLogger(__name__)
+
+MS = Fraction(1, 1000)
+#: A Matroska cluster is written out at least this often; what a kill can lose.
+CLUSTER_MS = 500
+
+
+class RoomClock:
+    """Milliseconds since the room went live (monotonic, so wall-clock steps do not matter).
+
+    ``live_since`` is the wall-clock moment (epoch seconds) the room went live, kept in Redis:
+    a media process that takes the room over after a crash continues the same clock.
+    """
+
+    def __init__(self, live_since: float | None = None) -> None:
+        wall_now, mono_now = time.time(), time.monotonic()
+        self.live_since = wall_now if live_since is None else live_since
+        self.started = mono_now - (wall_now - self.live_since)
+
+    def ms(self, at: float | None = None) -> int:
+        return int(((time.monotonic() if at is None else at) - self.started) * 1000)
+
+
+def vp8_dimensions(keyframe: bytes) -> tuple[int, int] | None:
+    """Width and height from a VP8 key frame header (RFC 6386 9.1), or ``None``."""
+    if len(keyframe) < 10 or keyframe[3:6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(keyframe[6:8], "little") & 0x3FFF
+    height = int.from_bytes(keyframe[8:10], "little") & 0x3FFF
+    return width, height
+
+
+@dataclass
+class TrackFile:
+    """What is known about one recorded file, for the manifest."""
+
+    seat: str
+    kind: str
+    part: int
+    path: Path
+    codec: str
+    first_ms: int | None = None
+    last_ms: int | None = None
+    frames: int = 0
+    write_errors: int = 0
+
+
+class TrackRecorder:
+    """Muxes one publication's frames into one file, opened at its first decodable frame."""
+
+    def __init__(self, clock: RoomClock, info: TrackFile, codec_name: str, clock_rate: int):
+        self.clock = clock
+        self.info = info
+        self._codec_name = codec_name
+        self._clock_rate = clock_rate
+        self._container: OutputContainer | None = None
+        self._stream: Stream | None = None
+        self._anchor: tuple[int, int] | None = None  # (room ms, pts) of the first frame
+        self._last_ms = -1
+        self._closed = False
+
+    def write(self, frame: ForwardedFrame) -> None:
+        if self._closed:
+            return
+        try:
+            if self._container is None:
+                if not frame.keyframe:
+                    return  # a file must open on a frame that decodes on its own
+                self._open(frame)
+            assert self._anchor is not None and self._stream is not None
+            anchor_ms, anchor_pts = self._anchor
+            ms = anchor_ms + (frame.pts - anchor_pts) * 1000 // self._clock_rate
+            ms = max(ms, self._last_ms + 1)  # the muxer needs strictly rising timestamps
+            self._last_ms = ms
+            packet = av.Packet(frame.data)
+            packet.pts = packet.dts = ms
+            packet.time_base = MS
+            packet.stream = self._stream
+            if frame.keyframe and self.info.kind == "video":
+                packet.is_keyframe = True
+            assert self._container is not None
+            self._container.mux(packet)
+            self.info.frames += 1
+            if self.info.first_ms is None:
+                self.info.first_ms = ms
+            self.info.last_ms = ms
+        except Exception:
+            self.info.write_errors += 1
+            if self.info.write_errors in (1, 10, 100) or self.info.write_errors % 1000 == 0:
+                log.exception(
+                    "recording %s: write error %d", self.info.path, self.info.write_errors
+                )
+
+    def _open(self, frame: ForwardedFrame) -> None:
+        path = self.info.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        container_format = "mpegts" if self._codec_name == "H264" else "webm"
+        options = {"flush_packets": "1"}
+        if container_format == "webm":
+            options["cluster_time_limit"] = str(CLUSTER_MS)
+        container = av.open(str(path), "w", format=container_format, options=options)
+        stream: Any
+        if self.info.kind == "video":
+            stream = container.add_stream("libvpx" if self._codec_name == "VP8" else "h264")
+            width, height = vp8_dimensions(frame.data) or (640, 480)
+            stream.width, stream.height = width, height
+        else:
+            stream = container.add_stream("libopus", rate=48_000)
+            stream.layout = "stereo"
+        stream.time_base = MS
+        self._container, self._stream = container, stream
+        self._anchor = (self.clock.ms(frame.arrival), frame.pts)
+
+    def close(self) -> None:
+        """Finish the file (writes its index); the recorder ignores frames afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:
+                log.exception("recording %s: close failed", self.info.path)
+
+
+@dataclass
+class RoomRecording:
+    """Everything recorded in one live session of a room."""
+
+    directory: Path
+    clock: RoomClock = field(default_factory=RoomClock)
+    files: list[TrackFile] = field(default_factory=list)
+    _recorders: dict[tuple[str, str], TrackRecorder] = field(default_factory=dict)
+    _parts: dict[tuple[str, str], int] = field(default_factory=dict)  # next part number
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._timeline = (self.directory / "timeline.jsonl").open("a", encoding="utf-8")
+
+    def event(self, event: str, **details: Any) -> None:
+        """Append one event to the timeline at the current room time, flushed at once."""
+        if self._closed:
+            return
+        line = {"t_ms": self.clock.ms(), "event": event, **details}
+        self._timeline.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+        self._timeline.flush()
+
+    def record(self, publication: Publication) -> None:
+        """Record ``publication`` from now on; a connection part gets its own file."""
+        key = (publication.seat, publication.kind)
+        previous = self._recorders.pop(key, None)
+        if previous is not None:
+            previous.close()
+        part = self._parts.get(key) or self._next_part_on_disk(publication)
+        self._parts[key] = part + 1
+        suffix = "ts" if publication.codec_name == "H264" else "webm"
+        info = TrackFile(
+            seat=publication.seat,
+            kind=publication.kind,
+            part=part,
+            path=self.directory / f"{publication.seat}-{publication.kind}-{part:02d}.{suffix}",
+            codec=publication.codec_name,
+        )
+        self.files.append(info)
+        recorder = TrackRecorder(self.clock, info, publication.codec_name, publication.clock_rate)
+        self._recorders[key] = recorder
+        publication.sink = recorder
+
+    def _next_part_on_disk(self, publication: Publication) -> int:
+        # A process that took the room over after a crash must not overwrite earlier parts.
+        parts = [
+            int(path.stem.rsplit("-", 1)[1])
+            for path in self.directory.glob(f"{publication.seat}-{publication.kind}-*.*")
+            if path.stem.rsplit("-", 1)[1].isdigit()
+        ]
+        return max(parts, default=0) + 1
+
+    def stop_recording(self, publication: Publication) -> None:
+        """The publication's connection ended: close its file."""
+        recorder = self._recorders.pop((publication.seat, publication.kind), None)
+        if recorder is not None:
+            recorder.close()
+        if publication.sink is recorder:
+            publication.sink = None
+
+    def close(self) -> None:
+        """Close every file and the timeline."""
+        if self._closed:
+            return
+        for recorder in self._recorders.values():
+            recorder.close()
+        self._recorders.clear()
+        self.event("recording_closed")
+        self._closed = True
+        self._timeline.close()

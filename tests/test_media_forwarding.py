@@ -1,0 +1,214 @@
+"""The media plane with real aiortc peers: forwarding, keyframes, caucus, recording.
+
+Three synthetic participants (pre-encoded VP8 + Opus, replayed at real time) connect to one
+``RoomMedia`` over real DTLS/SRTP on loopback; signalling is done in-process here (the
+WebSocket path has its own tests in test_room_signalling.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import pytest
+
+from mediation_rooms import aiortc_hooks
+from mediation_rooms.forwarding import is_keyframe
+from mediation_rooms.media_session import MediaConfig, RoomMedia
+from mediation_rooms.recording import vp8_dimensions
+from mediation_rooms.room import BASE_SEATS, SeatRole, SessionView, Side
+from mediation_rooms.synthetic_peer import SyntheticPeer, synthetic_clip
+
+MEDIATOR, APPLICANT, RESPONDENT = BASE_SEATS
+
+
+@dataclass
+class Room:
+    media: RoomMedia
+    peers: dict[SeatRole, SyntheticPeer]
+    directory: Path
+
+    async def join(self, seat: SeatRole) -> SyntheticPeer:
+        offer = await self.media.connect(seat)
+        peer = SyntheticPeer(synthetic_clip())
+        answer = await peer.answer(
+            offer.sdp,
+            [
+                {"mid": t.mid, "seat": t.seat, "kind": t.kind, "direction": t.direction}
+                for t in offer.tracks
+            ],
+        )
+        await self.media.accept_answer(seat, answer)
+        old = self.peers.get(seat)
+        self.peers[seat] = peer
+        if old is not None:
+            await old.close()
+        return peer
+
+    def frames(self, subscriber: SeatRole, publisher: SeatRole, kind: str = "video") -> int:
+        return self.peers[subscriber].received_from(publisher.value, kind).frames
+
+
+async def until(condition: Callable[[], bool], *, wait_s: float = 10.0) -> None:
+    """Wait for ``condition`` (polled); fail the test if it does not hold within ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def room(tmp_path: Path) -> AsyncIterator[Room]:
+    media = RoomMedia("room-1", BASE_SEATS, MediaConfig(), tmp_path)
+    room = Room(media, {}, tmp_path / "room-1")
+    try:
+        yield room
+    finally:
+        await media.close()
+        for peer in room.peers.values():
+            await peer.close()
+
+
+def test_hooks_match_the_installed_aiortc() -> None:
+    aiortc_hooks.check_compatible()
+
+
+def test_keyframe_detection() -> None:
+    clip = synthetic_clip()
+    flags = [is_keyframe("VP8", data) for data, _ in clip.video]
+    assert flags == [keyframe for _, keyframe in clip.video]
+    assert flags[0] and not flags[1]
+    assert vp8_dimensions(clip.video[0][0]) == (640, 480)
+    assert vp8_dimensions(clip.video[1][0]) is None
+    assert is_keyframe("H264", b"\x00\x00\x00\x01\x67\x42") and not is_keyframe(
+        "H264", b"\x00\x00\x00\x01\x41\x9a"
+    )
+
+
+async def test_each_participant_receives_the_other_two_and_everything_is_recorded(
+    room: Room,
+) -> None:
+    for seat in BASE_SEATS:
+        await room.join(seat)
+    room.media.start_recording(time.time())
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS)))
+    await until(
+        lambda: all(
+            room.frames(s, p, kind) >= 60
+            for s in BASE_SEATS
+            for p in BASE_SEATS
+            if s != p
+            for kind in ("video", "audio")
+        )
+    )
+    # The first forwarded video frame is a keyframe that a real decoder accepts.
+    stream = room.peers[APPLICANT].received_from(MEDIATOR.value, "video")
+    assert stream.sample_keyframe is not None
+    decoder = av.CodecContext.create("vp8", "r")
+    (picture,) = decoder.decode(av.Packet(stream.sample_keyframe))
+    assert (picture.width, picture.height) == (640, 480)
+    # Nobody receives themselves: the offer has no slot for it.
+    assert room.peers[MEDIATOR].received_from(MEDIATOR.value, "video").frames == 0
+
+    sent = {seat: room.peers[seat].video_track.sent for seat in BASE_SEATS}
+    await room.media.close()
+    recording = room.media.recording
+    assert recording is not None
+    videos = {f.seat: f for f in recording.files if f.kind == "video"}
+    audios = {f.seat: f for f in recording.files if f.kind == "audio"}
+    assert set(videos) == set(audios) == {seat.value for seat in BASE_SEATS}
+    for seat in BASE_SEATS:
+        info = videos[seat.value]
+        with av.open(str(info.path)) as container:
+            packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+        with av.open(str(info.path)) as container:
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert len(packets) == info.frames == decoded
+        # Recording started with the room live, a few frames after the peer began sending.
+        assert sent[seat] - 10 <= info.frames <= sent[seat]
+        assert info.write_errors == 0
+        duration_ms = (info.last_ms or 0) - (info.first_ms or 0)
+        assert abs(duration_ms - (info.frames - 1) * 1000 / 30) < 100
+        audio = audios[seat.value]
+        audio_ms = (audio.last_ms or 0) - (audio.first_ms or 0)
+        assert abs(audio.frames - 1 - audio_ms / 20) <= 3  # 20 ms Opus frames, no gaps
+        # Audio and video of one person are on the same clock: they end together.
+        assert abs((audio.last_ms or 0) - (info.last_ms or 0)) < 100
+    timeline = (room.directory / "timeline.jsonl").read_text().splitlines()
+    assert '"recording_started"' in timeline[0] and '"recording_closed"' in timeline[-1]
+
+
+async def test_caucus_keeps_the_party_on_hold_out_of_both_directions(room: Room) -> None:
+    for seat in BASE_SEATS:
+        await room.join(seat)
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS)))
+    await until(lambda: room.frames(RESPONDENT, MEDIATOR) > 10 < room.frames(MEDIATOR, RESPONDENT))
+
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS), caucus=Side.APPLICANT))
+    await asyncio.sleep(0.3)  # frames already on the wire may still land
+    on_hold_before = {
+        (s, p, kind): room.frames(s, p, kind)
+        for s, p in [
+            (RESPONDENT, MEDIATOR),
+            (RESPONDENT, APPLICANT),
+            (MEDIATOR, RESPONDENT),
+            (APPLICANT, RESPONDENT),
+        ]
+        for kind in ("video", "audio")
+    }
+    in_session_before = room.frames(APPLICANT, MEDIATOR)
+    await asyncio.sleep(1.5)
+    for (s, p, kind), count in on_hold_before.items():
+        assert room.frames(s, p, kind) == count, f"{s} got {kind} from {p} during the caucus"
+    assert room.frames(APPLICANT, MEDIATOR) >= in_session_before + 30
+
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS)))
+    back = room.frames(RESPONDENT, MEDIATOR)
+    await until(lambda: room.frames(RESPONDENT, MEDIATOR) > back + 15)
+
+
+async def test_mute_stops_audio_only_and_admission_gates_everything(room: Room) -> None:
+    for seat in BASE_SEATS:
+        await room.join(seat)
+    room.media.update_view(SessionView(admitted={MEDIATOR, APPLICANT}))
+    await until(lambda: room.frames(APPLICANT, MEDIATOR, "audio") > 20)
+    assert room.frames(RESPONDENT, MEDIATOR, "audio") == 0  # not admitted yet
+    assert room.frames(MEDIATOR, RESPONDENT, "video") == 0
+
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS), muted={APPLICANT}))
+    await asyncio.sleep(0.3)
+    audio, video = room.frames(MEDIATOR, APPLICANT, "audio"), room.frames(MEDIATOR, APPLICANT)
+    await asyncio.sleep(1.0)
+    assert room.frames(MEDIATOR, APPLICANT, "audio") == audio
+    assert room.frames(MEDIATOR, APPLICANT) >= video + 15
+
+
+async def test_a_reconnecting_participant_continues_the_same_recording(room: Room) -> None:
+    for seat in BASE_SEATS:
+        await room.join(seat)
+    room.media.start_recording(time.time())
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS)))
+    await until(lambda: room.frames(MEDIATOR, APPLICANT) > 30)
+
+    # The applicant's network drops: a new connection replaces the old one.
+    old = room.peers[APPLICANT]
+    await room.join(APPLICANT)
+    assert old.pc.connectionState == "closed"
+    before = room.frames(MEDIATOR, APPLICANT)
+    await until(lambda: room.frames(MEDIATOR, APPLICANT) > before + 30)
+    # ... and the others never stopped receiving each other.
+    assert room.frames(RESPONDENT, MEDIATOR) > 30
+
+    await room.media.close()
+    recording = room.media.recording
+    assert recording is not None
+    applicant_video = [f for f in recording.files if f.seat == "applicant" and f.kind == "video"]
+    assert len(applicant_video) == 1  # one file: the stream's clock carried on
+    with av.open(str(applicant_video[0].path)) as container:
+        pts = [p.pts for p in container.demux(video=0) if p.size]
+    assert pts == sorted(pts) and len(pts) == applicant_video[0].frames
