@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The development WeChat account used by `jiefen serve` and `jiefen chat` out of the box.
@@ -21,6 +21,14 @@ DEV_WECHAT_SECRET = "jiefen-dev-secret"
 DEV_WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters, as WeChat's
 
 WECHAT_API_BASE = "https://api.weixin.qq.com"
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, as in WebRTC's ``RTCIceServer``."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
 
 
 class Settings(BaseSettings):
@@ -71,6 +79,24 @@ class Settings(BaseSettings):
     #: Extra non-working days (YYYY-MM-DD) for deadline arithmetic, e.g. public holidays.
     holidays: list[str] = Field(default_factory=list)
 
+    #: STUN/TURN servers for the video rooms, as WebRTC's ``iceServers`` JSON list, e.g.
+    #: ``[{"urls": "turn:turn.example.cn:3478", "username": "u", "credential": "p"}]``.
+    #: Empty (the default) is right on a LAN and on loopback; the public internet needs TURN.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    #: The one video codec of every new room: ``VP8`` (default) or ``H264``.
+    video_codec: Literal["VP8", "H264"] = "VP8"
+    #: Highest video bitrate a participant is asked to send (REMB), bits per second.
+    video_bitrate_cap_bps: int = 1_000_000
+    #: A join link stays valid this long after the session's scheduled time (hours).
+    join_link_valid_hours: int = 24
+    #: Bearer token for the rooms HTTP API (``/api/rooms``); unset disables that API.
+    admin_api_token: str | None = None
+    #: HTTPS for ``jiefen serve`` (cameras need a secure context off localhost): a PEM
+    #: certificate and key, or ``tls_self_signed`` for a throw-away one (trying it from a phone).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_self_signed: bool = False
+
     #: Run background jobs (outbox, media fetch) inside ``jiefen serve``.
     embedded_worker: bool = True
     #: ``auto`` runs on uvloop where it is installed, else on asyncio's own loop.
@@ -97,6 +123,8 @@ class Settings(BaseSettings):
                 "a real WeChat account needs its own JIEFEN_WECHAT_TOKEN and "
                 "JIEFEN_WECHAT_AES_KEY (the development ones are public)"
             )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("JIEFEN_TLS_CERT_FILE and JIEFEN_TLS_KEY_FILE go together")
         if self.wechat_crypto_mode != "plain" and not self.wechat_aes_key:
             raise ValueError("JIEFEN_WECHAT_AES_KEY is needed in compat and safe mode")
         return self
@@ -116,5 +144,10 @@ class Settings(BaseSettings):
         return self.data_dir / "recordings"
 
     @property
+    def serves_https(self) -> bool:
+        return self.tls_self_signed or self.tls_cert_file is not None
+
+    @property
     def resolved_public_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.serves_https else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"

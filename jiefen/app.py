@@ -11,11 +11,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import aiohttp
 import redis.asyncio as aioredis
 import sqlalchemy
 from aiohttp import web
+from aiortc import RTCIceServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.background_jobs import BackgroundJobs
@@ -30,6 +32,11 @@ from cases.service import CaseService
 from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
+from mediation_rooms.join_token import derive_join_key
+from mediation_rooms.media_session import MediaConfig
+from mediation_rooms.room_hub import RoomHub
+from mediation_rooms.room_service import RoomService
+from mediation_rooms.web_rooms import add_room_routes
 from state import organisation_store
 from state.blob_store import LocalBlobStore
 from state.db import create_engine, migrate
@@ -55,16 +62,31 @@ class Services:
     cases: CaseService
     webhook: WebhookHandler
     background: BackgroundJobs
+    rooms: RoomService
 
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 FAKE_WECHAT = web.AppKey("fake_wechat", FakeWeChatAPI)
+ROOM_HUB = web.AppKey("room_hub", RoomHub)
+ROOM_SERVICE = web.AppKey("room_service", RoomService)
 
 
 def uses_dev_wechat(settings: Settings) -> bool:
     """True when the built-in development account talks to the built-in WeChat API stand-in."""
     return settings.wechat_appid == DEV_WECHAT_APPID and settings.wechat_api_base == WECHAT_API_BASE
+
+
+def media_config(settings: Settings) -> MediaConfig:
+    """The media plane's configuration from the settings."""
+    return MediaConfig(
+        ice_servers=tuple(
+            RTCIceServer(urls=server.urls, username=server.username, credential=server.credential)
+            for server in settings.ice_servers
+        ),
+        video_codec=settings.video_codec,
+        video_bitrate_cap_bps=settings.video_bitrate_cap_bps,
+    )
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -80,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", _health)
     app.router.add_get("/wechat", _webhook_verify)
     app.router.add_post("/wechat", _webhook_receive)
+    add_room_routes(app, hub=ROOM_HUB, service=ROOM_SERVICE, admin_token=settings.admin_api_token)
     return app
 
 
@@ -139,6 +162,27 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             max_media_bytes=settings.max_media_bytes,
             notice_template_id=settings.wechat_notice_template_id,
         )
+        join_key = derive_join_key(load_or_create_data_key(settings))
+        rooms = RoomService(
+            db=db,
+            protector=protector,
+            join_key=join_key,
+            public_url=settings.resolved_public_url,
+            video_codec=settings.video_codec,
+            link_valid_after_start=timedelta(hours=settings.join_link_valid_hours),
+            outbox=outbox,
+        )
+        hub = RoomHub(
+            db=db,
+            redis=redis,
+            redis_prefix=settings.redis_prefix,
+            join_key=join_key,
+            rooms=rooms,
+            media_config=media_config(settings),
+            recordings_dir=settings.recordings_dir,
+        )
+        app[ROOM_SERVICE] = rooms
+        app[ROOM_HUB] = hub
         app[SERVICES] = Services(
             settings=settings,
             db=db,
@@ -147,6 +191,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             cases=cases,
             webhook=webhook,
             background=background,
+            rooms=rooms,
         )
         if settings.embedded_worker:
             worker = asyncio.create_task(background.run(stop), name="embedded-worker")
@@ -155,6 +200,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # Replies still being computed go to the outbox first; then the worker stops.
         if SERVICES in app:
             await app[SERVICES].webhook.drain()
+        if ROOM_HUB in app:
+            await app[ROOM_HUB].close()
         stop.set()
         if worker is not None:
             await asyncio.wait([worker], timeout=15)

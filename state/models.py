@@ -226,3 +226,46 @@ class CaseStatusChange(SQLModel, table=True):
     new: str = Field(max_length=32)
     at: datetime = _utc()
     actor: str = Field(max_length=128)
+
+
+class MediationRoom(SQLModel, table=True):
+    """One video mediation session of a case (``mediation_rooms.room`` holds its rules)."""
+
+    __tablename__ = "mediation_rooms"
+    __table_args__ = (
+        sa.UniqueConstraint("case_id", "session_no"),
+        sa.Index("ix_mediation_rooms_state_scheduled_at", "state", "scheduled_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    case_id: int = _case_fk()
+    #: 1 for the case's first session, 2 for the next, …
+    session_no: int
+    state: str = Field(max_length=16)
+    scheduled_at: datetime = _utc()
+    video_codec: str = Field(max_length=16)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+    live_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RoomSeat(SQLModel, table=True):
+    """A seat of a room and the one person its join link is for.
+
+    ``nonce`` is in the seat's join token; a new link stores a new nonce, revoking the old.
+    ``identity_digest`` is a keyed hash of the answer to the identity re-check (``identity_check``
+    says which: the last 6 characters of the ID number, or the phone number), never the answer.
+    """
+
+    __tablename__ = "room_seats"
+
+    room_id: str = Field(
+        primary_key=True, max_length=32, foreign_key="mediation_rooms.id", ondelete="CASCADE"
+    )
+    seat: str = Field(primary_key=True, max_length=32)
+    person_name: str = Field(max_length=200)
+    nonce: str = Field(max_length=64)
+    identity_check: str | None = Field(default=None, max_length=16)
+    identity_digest: str | None = Field(default=None, max_length=64)
+    expires_at: datetime = _utc()

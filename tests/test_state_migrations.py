@@ -20,8 +20,10 @@ TABLES = {
     "evidence",
     "intake_messages",
     "media_blobs",
+    "mediation_rooms",
     "organisations",
     "parties",
+    "room_seats",
 }
 
 
@@ -32,7 +34,7 @@ def schema_diff(connection: Connection, metadata: sa.MetaData) -> list[object]:
 
 
 #: The newest revision under state/migrations/versions: a new migration updates this on purpose.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 async def test_migrate_creates_the_schema_and_is_idempotent(database_url: str) -> None:

@@ -1,0 +1,536 @@
+"""The rooms this process hosts: signalling connections, admission, caucus, and their media.
+
+One :class:`LiveRoom` per room with someone in it. Its control operations (join, admit, caucus,
+end …) run one at a time under the room's lock; media keeps flowing meanwhile. After every
+change the room's session state (admitted, muted, caucus, when it went live) is written to
+Redis (``room:<id>:live``) with the presence of each seat, so that another process can show
+it, and a media process that takes the room over after a crash carries on from it: the same
+people admitted, the recording continued on the same room clock (in new file parts).
+
+Who gets in (checked in :meth:`RoomHub.join`, in this order): a valid join token for this
+room; the seat's current nonce (a re-issued link revokes the old one); a room that has not
+ended; the identity re-check answer, where the seat has one (five wrong answers close the
+connection); the two consents (notices read, recording agreed) for everyone but the mediator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mediation_rooms import texts
+from mediation_rooms.join_token import JoinTokenError, verify_join_token
+from mediation_rooms.media_session import MediaConfig, RoomMedia
+from mediation_rooms.room import RoomLifecycle, RoomState, SeatRole, SessionView, Side
+from mediation_rooms.room_service import RoomService
+from mediation_rooms.signalling import (
+    MEDIATOR_ONLY,
+    Admit,
+    Answer,
+    Caucus,
+    Chat,
+    ClientMessage,
+    Deny,
+    End,
+    IceCandidate,
+    Join,
+    Mute,
+    ProtocolError,
+    Remove,
+    parse_client_message,
+    server_message,
+)
+from state import room_store
+from state.room_store import RoomRecord
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 15.0
+MAX_IDENTITY_ATTEMPTS = 5
+LIVE_STATE_TTL_S = 24 * 3600
+
+# WebSocket close codes (4000–4999 are the application's): the page shows why.
+CLOSE_REFUSED = 4401
+CLOSE_REPLACED = 4409
+CLOSE_REMOVED = 4403
+CLOSE_ENDED = 4410
+
+
+@dataclass
+class Attendee:
+    """One signalling connection, after a successful join."""
+
+    seat: SeatRole
+    name: str
+    ws: web.WebSocketResponse
+    joined_at: float = field(default_factory=time.monotonic)
+
+    async def send(self, kind: str, **fields: Any) -> None:
+        if not self.ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(server_message(kind, **fields))
+
+    async def close(self, code: int, kind: str, message: str) -> None:
+        await self.send(kind, message=message)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close(code=code, message=kind.encode())
+
+
+class LiveRoom:
+    """A room with people in it, hosted by this process."""
+
+    def __init__(self, hub: RoomHub, record: RoomRecord, live: dict[str, Any]) -> None:
+        self.hub = hub
+        self.record = record
+        self.room_id = record.room_id
+        self.lifecycle = RoomLifecycle(record.room_id, RoomState(record.state))
+        self.lock = asyncio.Lock()
+        self.attendees: dict[SeatRole, Attendee] = {}
+        self.waiting: set[SeatRole] = set()
+        self.identity_failures: dict[SeatRole, int] = {}
+        self.view = SessionView(
+            admitted={SeatRole(seat) for seat in live.get("admitted", [])},
+            muted={SeatRole(seat) for seat in live.get("muted", [])},
+            caucus=Side(live["caucus"]) if live.get("caucus") else None,
+        )
+        self.live_since: float | None = live.get("live_since")
+        self.seats = tuple(SeatRole(seat.seat) for seat in record.seats)
+        self.media = RoomMedia(
+            record.room_id,
+            self.seats,
+            hub.media_config_for(record.video_codec),
+            hub.recordings_dir,
+        )
+        self.media.update_view(self.view)
+        if self.lifecycle.state == RoomState.LIVE and self.live_since is not None:
+            recording = self.media.start_recording(self.live_since)
+            recording.event("recording_resumed", after="media process restart")
+
+    # -- state kept in Redis -----------------------------------------------------------------
+
+    async def save(self) -> None:
+        live = {
+            "state": self.lifecycle.state.value,
+            "admitted": sorted(self.view.admitted),
+            "muted": sorted(self.view.muted),
+            "caucus": self.view.caucus.value if self.view.caucus else None,
+            "live_since": self.live_since,
+            "present": sorted(self.attendees),
+            "waiting": sorted(self.waiting),
+        }
+        await self.hub.redis.set(
+            self.hub.live_key(self.room_id), json.dumps(live), ex=LIVE_STATE_TTL_S
+        )
+
+    def event(self, event: str, **details: Any) -> None:
+        if self.media.recording is not None:
+            self.media.recording.event(event, **details)
+
+    async def set_state(self, state: RoomState) -> None:
+        """The one place a hosted room's lifecycle changes: memory, database, then Redis."""
+        old = self.lifecycle.state
+        self.lifecycle.set_state(state)
+        changed = await room_store.set_room_state(
+            self.hub.db,
+            self.room_id,
+            expected=old.value,
+            new=state.value,
+            now=datetime.now(UTC),
+        )
+        if not changed:
+            log.warning(
+                "room %s: the database was not in %s when moving to %s", self.room_id, old, state
+            )
+
+    # -- presence ------------------------------------------------------------------------------
+
+    def presence(self) -> dict[str, Any]:
+        names = {SeatRole(seat.seat): seat.person_name for seat in self.record.seats}
+        return {
+            "state": self.lifecycle.state.value,
+            "caucus": self.view.caucus.value if self.view.caucus else None,
+            "participants": [
+                {
+                    "seat": seat.value,
+                    "name": names[seat],
+                    "role_name": texts.SEAT_NAMES[seat.value],
+                    "present": seat in self.attendees,
+                    "admitted": seat in self.view.admitted,
+                    "waiting": seat in self.waiting,
+                    "muted": seat in self.view.muted,
+                    "on_hold": not self.view.in_session(seat),
+                }
+                for seat in self.seats
+            ],
+        }
+
+    async def broadcast_presence(self) -> None:
+        presence = self.presence()
+        await asyncio.gather(
+            *(attendee.send("presence", **presence) for attendee in self.attendees.values())
+        )
+        await self.save()
+
+    # -- admission and media -------------------------------------------------------------------
+
+    async def enter(self, attendee: Attendee) -> None:
+        """A joined attendee: replaces an earlier device, then waits or gets media."""
+        seat = attendee.seat
+        previous = self.attendees.get(seat)
+        self.attendees[seat] = attendee
+        if previous is not None:
+            self.event("replaced", seat=seat.value)
+            await previous.close(CLOSE_REPLACED, "replaced", texts.REPLACED)
+        if self.lifecycle.state == RoomState.SCHEDULED:
+            await self.set_state(RoomState.OPEN)
+        self.event("joined", seat=seat.value)
+        if seat == SeatRole.MEDIATOR:
+            self.view.admitted.add(seat)
+        if seat in self.view.admitted:
+            await self.start_media(attendee)
+        else:
+            self.waiting.add(seat)
+            await attendee.send("waiting", message=texts.WAITING)
+        self.media.update_view(self.view)
+        await self.broadcast_presence()
+
+    async def start_media(self, attendee: Attendee) -> None:
+        offer = await self.media.connect(attendee.seat)
+        await attendee.send(
+            "offer",
+            sdp=offer.sdp,
+            tracks=[
+                {"mid": t.mid, "seat": t.seat, "kind": t.kind, "direction": t.direction}
+                for t in offer.tracks
+            ],
+        )
+
+    async def leave(self, attendee: Attendee) -> None:
+        """The attendee's socket closed; admission is kept so a reconnect goes straight in."""
+        if self.attendees.get(attendee.seat) is not attendee:
+            return  # already replaced by a newer device
+        del self.attendees[attendee.seat]
+        self.waiting.discard(attendee.seat)
+        await self.media.disconnect(attendee.seat, reason="left")
+        self.event("left", seat=attendee.seat.value)
+        await self.broadcast_presence()
+
+    # -- the mediator's controls ----------------------------------------------------------------
+
+    async def admit(self, seat: SeatRole) -> None:
+        attendee = self.attendees.get(seat)
+        if attendee is None or seat not in self.waiting:
+            raise ProtocolError("not_in_room", texts.REFUSALS["not_in_room"])
+        self.waiting.discard(seat)
+        self.view.admitted.add(seat)
+        if self.lifecycle.state == RoomState.OPEN:
+            await self.set_state(RoomState.LIVE)
+            self.live_since = time.time()
+            self.media.start_recording(self.live_since)
+            for present in self.attendees:
+                self.event("joined", seat=present.value)
+        self.event("admitted", seat=seat.value)
+        await attendee.send("admitted")
+        await self.start_media(attendee)
+        self.media.update_view(self.view)
+        await self.broadcast_presence()
+
+    async def deny(self, seat: SeatRole) -> None:
+        attendee = self.attendees.get(seat)
+        if attendee is None or seat not in self.waiting:
+            raise ProtocolError("not_in_room", texts.REFUSALS["not_in_room"])
+        self.waiting.discard(seat)
+        del self.attendees[seat]
+        self.event("denied", seat=seat.value)
+        await attendee.close(CLOSE_REMOVED, "denied", texts.DENIED)
+        await self.broadcast_presence()
+
+    async def remove(self, seat: SeatRole) -> None:
+        if seat == SeatRole.MEDIATOR:
+            raise ProtocolError("invalid_field", "the mediator cannot remove themselves")
+        self.view.admitted.discard(seat)
+        self.waiting.discard(seat)
+        attendee = self.attendees.pop(seat, None)
+        await self.media.disconnect(seat, reason="removed")
+        self.media.update_view(self.view)
+        self.event("removed", seat=seat.value)
+        if attendee is not None:
+            await attendee.close(CLOSE_REMOVED, "removed", texts.REMOVED)
+        await self.broadcast_presence()
+
+    async def mute(self, seat: SeatRole, muted: bool) -> None:
+        if muted:
+            self.view.muted.add(seat)
+        else:
+            self.view.muted.discard(seat)
+        self.media.update_view(self.view)
+        self.event("muted" if muted else "unmuted", seat=seat.value, by="mediator")
+        await self.broadcast_presence()
+
+    async def caucus(self, side: Side | None) -> None:
+        if side == self.view.caucus:
+            return
+        if self.view.caucus is not None:
+            self.event("caucus_ended", side=self.view.caucus.value)
+        self.view.caucus = side
+        self.media.update_view(self.view)
+        if side is not None:
+            self.event("caucus_started", side=side.value)
+        for seat, attendee in self.attendees.items():
+            if side is None:
+                await attendee.send("notice", message=texts.JOINT_SESSION)
+            elif not self.view.in_session(seat):
+                await attendee.send("notice", message=texts.CAUCUS_ON_HOLD)
+            elif seat.side == side:
+                await attendee.send("notice", message=texts.CAUCUS_STARTED)
+        await self.broadcast_presence()
+
+    async def end(self) -> None:
+        if self.lifecycle.state in (RoomState.OPEN, RoomState.LIVE, RoomState.SCHEDULED):
+            await self.set_state(RoomState.ENDED)
+        self.event("ended")
+        attendees = list(self.attendees.values())
+        self.attendees.clear()
+        self.waiting.clear()
+        await asyncio.gather(
+            *(attendee.close(CLOSE_ENDED, "ended", texts.ENDED) for attendee in attendees)
+        )
+        await self.media.close()
+        await self.save()
+
+    async def chat(self, sender: SeatRole, text: str) -> None:
+        """Chat reaches the admitted people in the sender's group: a caucus holds for text too."""
+        if sender not in self.view.admitted:
+            raise ProtocolError("not_admitted", texts.WAITING)
+        self.event("chat", seat=sender.value, chars=len(text))
+        group = self.view.in_session(sender)
+        for seat, attendee in self.attendees.items():
+            if seat in self.view.admitted and self.view.in_session(seat) == group:
+                await attendee.send("chat", seat=sender.value, text=text)
+
+
+class RoomHub:
+    """The rooms of this process, and the signalling endpoint that drives them."""
+
+    def __init__(
+        self,
+        *,
+        db: AsyncEngine,
+        redis: aioredis.Redis,
+        redis_prefix: str,
+        join_key: bytes,
+        rooms: RoomService,
+        media_config: MediaConfig,
+        recordings_dir: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.redis = redis
+        self.prefix = redis_prefix
+        self.join_key = join_key
+        self.rooms = rooms
+        self.media_config = media_config
+        self.recordings_dir = recordings_dir
+        self.clock = clock
+        self.live_rooms: dict[str, LiveRoom] = {}
+        self._hub_lock = asyncio.Lock()
+
+    def live_key(self, room_id: str) -> str:
+        return f"{self.prefix}room:{room_id}:live"
+
+    def media_config_for(self, video_codec: str) -> MediaConfig:
+        return MediaConfig(
+            ice_servers=self.media_config.ice_servers,
+            video_codec=video_codec,
+            video_bitrate_cap_bps=self.media_config.video_bitrate_cap_bps,
+        )
+
+    async def close(self) -> None:
+        """Process shutdown: close media (the files are finished); rooms stay resumable."""
+        for room in list(self.live_rooms.values()):
+            await room.media.close()
+        self.live_rooms.clear()
+
+    async def _live_room(self, record: RoomRecord) -> LiveRoom:
+        async with self._hub_lock:
+            room = self.live_rooms.get(record.room_id)
+            if room is None:
+                raw = await self.redis.get(self.live_key(record.room_id))
+                live = json.loads(raw) if raw else {}
+                room = LiveRoom(self, record, live)
+                self.live_rooms[record.room_id] = room
+            return room
+
+    # -- the WebSocket endpoint ------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        attendee: Attendee | None = None
+        room: LiveRoom | None = None
+        try:
+            room, attendee = await self._join(ws)
+            if attendee is None or room is None:
+                return ws
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    await self._error(ws, ProtocolError("malformed", "send text messages"))
+                    continue
+                try:
+                    parsed = parse_client_message(message.data)
+                    await self._dispatch(room, attendee, parsed)
+                except ProtocolError as error:
+                    await self._error(ws, error)
+                if ws.closed or room.attendees.get(attendee.seat) is not attendee:
+                    break
+        except Exception:
+            log.exception("room signalling connection failed")
+        finally:
+            if room is not None and attendee is not None:
+                async with room.lock:
+                    await room.leave(attendee)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _join(self, ws: web.WebSocketResponse) -> tuple[LiveRoom | None, Attendee | None]:
+        """Read ``join`` messages until one succeeds (identity may be retried) or a refusal."""
+        attempts = 0
+        while True:
+            try:
+                message = await ws.receive(timeout=JOIN_TIMEOUT_S)
+            except TimeoutError:
+                await self._refuse(ws, ProtocolError("join_first", texts.REFUSALS["join_first"]))
+                return None, None
+            if message.type != WSMsgType.TEXT:
+                return None, None
+            try:
+                parsed = parse_client_message(message.data)
+                if not isinstance(parsed, Join):
+                    raise ProtocolError("join_first", texts.REFUSALS["join_first"])
+                return await self.join(ws, parsed)
+            except ProtocolError as error:
+                attempts += 1
+                if error.fatal or attempts >= MAX_IDENTITY_ATTEMPTS:
+                    if not error.fatal:
+                        error = ProtocolError(
+                            "too_many_attempts", texts.REFUSALS["too_many_attempts"]
+                        )
+                    await self._refuse(ws, error)
+                    return None, None
+                await self._error(ws, error)
+
+    async def join(self, ws: web.WebSocketResponse, join: Join) -> tuple[LiveRoom, Attendee]:
+        try:
+            claims = verify_join_token(self.join_key, join.token, room_id=None, now=self.clock())
+        except JoinTokenError as error:
+            raise _refusal(error.reason) from None
+        record = await room_store.get_room(self.db, claims.room_id)
+        if record is None:
+            raise _refusal("unknown_room")
+        seat_record = record.seat(claims.seat)
+        if seat_record is None or not hmac.compare_digest(seat_record.nonce, claims.nonce):
+            raise _refusal("revoked")
+        if record.state in (RoomState.ENDED, RoomState.ARCHIVED):
+            raise _refusal("room_closed")
+        seat = SeatRole(claims.seat)
+        if seat_record.identity_digest is not None:
+            if not join.identity:
+                raise ProtocolError("identity_required", texts.REFUSALS["identity_required"])
+            digest = self.rooms.identity_digest(
+                record.room_id, seat.value, seat_record.identity_check or "", join.identity
+            )
+            if not hmac.compare_digest(digest, seat_record.identity_digest):
+                raise ProtocolError("identity_mismatch", texts.REFUSALS["identity_mismatch"])
+        if seat != SeatRole.MEDIATOR and not (join.consent_recording and join.acknowledged_notices):
+            raise ProtocolError("consent_required", texts.REFUSALS["consent_required"])
+        room = await self._live_room(record)
+        attendee = Attendee(seat=seat, name=seat_record.person_name, ws=ws)
+        async with room.lock:
+            if room.lifecycle.state in (RoomState.ENDED, RoomState.ARCHIVED):
+                raise _refusal("room_closed")
+            await attendee.send(
+                "welcome",
+                seat=seat.value,
+                name=seat_record.person_name,
+                room={
+                    "id": record.room_id,
+                    "case_no": record.case_no,
+                    "session_no": record.session_no,
+                    "state": room.lifecycle.state.value,
+                },
+                video_codec=record.video_codec,
+                ice_servers=[
+                    {"urls": s.urls, "username": s.username, "credential": s.credential}
+                    for s in self.media_config.ice_servers
+                ],
+            )
+            await room.enter(attendee)
+            room.event(
+                "consented",
+                seat=seat.value,
+                recording=join.consent_recording,
+                notices=join.acknowledged_notices,
+                identity="verified" if seat_record.identity_digest else "by_mediator",
+            )
+        return room, attendee
+
+    async def _dispatch(self, room: LiveRoom, attendee: Attendee, message: ClientMessage) -> None:
+        seat = attendee.seat
+        if isinstance(message, MEDIATOR_ONLY) and seat != SeatRole.MEDIATOR:
+            raise ProtocolError("forbidden", texts.REFUSALS["forbidden"])
+        if isinstance(message, Answer):
+            try:
+                await room.media.accept_answer(seat, message.sdp)
+            except (LookupError, ValueError) as error:
+                raise ProtocolError("invalid_answer", str(error)) from None
+            return
+        if isinstance(message, IceCandidate):
+            try:
+                await room.media.add_ice_candidate(seat, message.candidate, message.sdp_mid)
+            except (LookupError, ValueError) as error:
+                raise ProtocolError("invalid_candidate", str(error)) from None
+            return
+        if isinstance(message, Join):
+            raise ProtocolError("already_joined", "this connection has joined already")
+        async with room.lock:
+            if isinstance(message, Admit):
+                await room.admit(message.seat)
+            elif isinstance(message, Deny):
+                await room.deny(message.seat)
+            elif isinstance(message, Remove):
+                await room.remove(message.seat)
+            elif isinstance(message, Mute):
+                await room.mute(message.seat, message.muted)
+            elif isinstance(message, Caucus):
+                await room.caucus(message.side)
+            elif isinstance(message, End):
+                await room.end()
+                self.live_rooms.pop(room.room_id, None)
+            elif isinstance(message, Chat):
+                await room.chat(seat, message.text)
+
+    async def _error(self, ws: web.WebSocketResponse, error: ProtocolError) -> None:
+        if not ws.closed:
+            await ws.send_str(server_message("error", code=error.code, message=error.message))
+
+    async def _refuse(self, ws: web.WebSocketResponse, error: ProtocolError) -> None:
+        await self._error(ws, error)
+        await ws.close(code=CLOSE_REFUSED, message=error.code.encode())
+
+
+def _refusal(reason: str) -> ProtocolError:
+    return ProtocolError(reason, texts.REFUSALS[reason], fatal=True)

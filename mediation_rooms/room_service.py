@@ -1,0 +1,160 @@
+"""Opening a room for a case: its seats, each seat's join link, and the applicant's invitation.
+
+Identity re-check (在线诉讼规则 Art.7: verify identity at each session): each party seat stores
+a keyed digest of the answer the person must give on the join page, never the answer:
+the last 6 characters of the ID number where the case has it (the applicant), else the phone
+number on the case (the respondent, when known). A seat with neither is verified by the
+mediator on camera, and the timeline says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.outbox import Outbox
+from cases.case_number import CHINA_TZ
+from mediation_rooms import texts
+from mediation_rooms.join_token import JoinClaims, issue_join_token, new_nonce
+from mediation_rooms.room import RoomState, SeatRole, check_seats
+from state import room_store
+from state.personal_data import PersonalDataProtector
+from state.room_store import PartyContact, RoomRecord, SeatRecord
+
+log = logging.getLogger(__name__)
+
+IDENTITY_PURPOSE = "room-identity"
+ID_TAIL = "id_tail"
+PHONE = "phone"
+
+
+def normalise_identity_answer(check: str, answer: str) -> str:
+    """The form in which an identity answer is hashed and compared."""
+    cleaned = re.sub(r"[\s\-]", "", answer).upper()
+    if check == PHONE:
+        cleaned = cleaned.removeprefix("+86")
+    return cleaned
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedRoom:
+    room: RoomRecord
+    links: dict[str, str]  # seat -> join URL
+
+
+class RoomService:
+    """Creates rooms and join links; shared by ``jiefen room open`` and the HTTP API."""
+
+    def __init__(
+        self,
+        *,
+        db: AsyncEngine,
+        protector: PersonalDataProtector,
+        join_key: bytes,
+        public_url: str,
+        video_codec: str,
+        link_valid_after_start: timedelta,
+        outbox: Outbox | None,
+    ) -> None:
+        self._db = db
+        self._protector = protector
+        self._join_key = join_key
+        self._public_url = public_url.rstrip("/")
+        self._video_codec = video_codec
+        self._link_valid_after_start = link_valid_after_start
+        self._outbox = outbox
+
+    def identity_digest(self, room_id: str, seat: str, check: str, answer: str) -> str:
+        return self._protector.blind_index(
+            normalise_identity_answer(check, answer),
+            purpose=f"{IDENTITY_PURPOSE}:{room_id}:{seat}",
+        )
+
+    def join_link(self, room_id: str, seat: SeatRecord) -> str:
+        token = issue_join_token(
+            self._join_key,
+            JoinClaims(
+                room_id=room_id,
+                seat=seat.seat,
+                nonce=seat.nonce,
+                expires_at=int(seat.expires_at.timestamp()),
+            ),
+        )
+        return f"{self._public_url}/join#{token}"
+
+    async def open_room(
+        self,
+        case_no: str,
+        *,
+        scheduled_at: datetime,
+        now: datetime,
+        mediator_name: str = "调解员",
+        extra_seats: dict[SeatRole, str] | None = None,
+        invite_applicant: bool = True,
+    ) -> OpenedRoom:
+        """A new session of ``case_no``; raises ``room_store.UnknownCase``, ``ValueError``."""
+        extras = extra_seats or {}
+        seats = check_seats([SeatRole.MEDIATOR, SeatRole.APPLICANT, SeatRole.RESPONDENT, *extras])
+        parties = await room_store.party_contacts(self._db, case_no)
+        expires_at = max(scheduled_at, now) + self._link_valid_after_start
+        room_id = room_store.new_room_id()
+        records: list[SeatRecord] = []
+        for seat in seats:
+            if seat == SeatRole.MEDIATOR:
+                name = mediator_name
+            elif seat.is_party:
+                name = parties[seat.value].name if seat.value in parties else texts.SEAT_NAMES[seat]
+            else:
+                name = extras[seat]
+            check, answer = self._identity_answer(parties.get(seat.value))
+            records.append(
+                SeatRecord(
+                    seat=seat.value,
+                    person_name=name,
+                    nonce=new_nonce(),
+                    identity_check=check,
+                    identity_digest=(
+                        self.identity_digest(room_id, seat.value, check, answer)
+                        if check and answer
+                        else None
+                    ),
+                    expires_at=expires_at,
+                )
+            )
+        room = await room_store.create_room(
+            self._db,
+            room_id=room_id,
+            case_no=case_no,
+            scheduled_at=scheduled_at,
+            video_codec=self._video_codec,
+            seats=records,
+            state=RoomState.SCHEDULED.value,
+            now=now,
+        )
+        links = {seat.seat: self.join_link(room.room_id, seat) for seat in room.seats}
+        applicant = parties.get(SeatRole.APPLICANT.value)
+        if invite_applicant and self._outbox is not None and applicant and applicant.openid:
+            when = scheduled_at.astimezone(CHINA_TZ).strftime("%Y年%m月%d日 %H:%M")
+            await self._outbox.push(
+                applicant.openid,
+                [
+                    texts.INVITATION.format(
+                        case_no=case_no, when=when, link=links[SeatRole.APPLICANT.value]
+                    )
+                ],
+            )
+        log.info("room %s opened for case %s (session %d)", room.room_id, case_no, room.session_no)
+        return OpenedRoom(room=room, links=links)
+
+    def _identity_answer(self, party: PartyContact | None) -> tuple[str | None, str | None]:
+        if party is None:
+            return None, None
+        if party.id_number_ciphertext:
+            return ID_TAIL, self._protector.decrypt(party.id_number_ciphertext)[-6:]
+        if party.phone:
+            return PHONE, party.phone
+        return None, None

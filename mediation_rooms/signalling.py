@@ -1,0 +1,176 @@
+"""The signalling protocol's messages (see PROTOCOL.md): parsed and checked on arrival. No I/O.
+
+Every client message is a JSON object with a ``type``; :func:`parse_client_message` turns it
+into one of the frozen dataclasses below or raises :class:`ProtocolError` with a stable
+``code`` that goes back to the client in an ``error`` message. Server messages are built with
+:func:`server_message` so that their shape lives in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mediation_rooms.room import SeatRole, Side
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_CHAT_CHARS = 500
+
+
+class ProtocolError(Exception):
+    """A message the server will not act on. ``code`` is stable; ``fatal`` closes the socket."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    token: str
+    identity: str | None
+    consent_recording: bool
+    acknowledged_notices: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class IceCandidate:
+    candidate: str
+    sdp_mid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    seat: SeatRole
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    seat: SeatRole
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    seat: SeatRole
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    seat: SeatRole
+    muted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Caucus:
+    """Private session with one side (``None``: back to the joint session)."""
+
+    side: Side | None
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    text: str
+
+
+ClientMessage = Join | Answer | IceCandidate | Admit | Deny | Remove | Mute | Caucus | End | Chat
+#: Messages only the mediator may send.
+MEDIATOR_ONLY = (Admit, Deny, Remove, Mute, Caucus, End)
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """One client message, checked field by field."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("malformed", "not JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed", "a message is a JSON object")
+    kind = data.get("type")
+    if kind == "join":
+        identity = _optional_str(data, "identity", 64)
+        return Join(
+            token=_str(data, "token", 1024),
+            identity=identity.strip() if identity else None,
+            consent_recording=_bool(data, "consent_recording"),
+            acknowledged_notices=_bool(data, "acknowledged_notices"),
+        )
+    if kind == "answer":
+        return Answer(sdp=_str(data, "sdp", MAX_MESSAGE_BYTES))
+    if kind == "ice":
+        return IceCandidate(
+            candidate=_str(data, "candidate", 1024, allow_empty=True),
+            sdp_mid=_optional_str(data, "sdpMid", 32),
+        )
+    if kind == "admit":
+        return Admit(_seat(data))
+    if kind == "deny":
+        return Deny(_seat(data))
+    if kind == "remove":
+        return Remove(_seat(data))
+    if kind == "mute":
+        return Mute(_seat(data), _bool(data, "muted"))
+    if kind == "caucus":
+        side = data.get("with")
+        if side is None:
+            return Caucus(None)
+        if side not in (Side.APPLICANT, Side.RESPONDENT):
+            raise ProtocolError("invalid_field", "'with' is 'applicant', 'respondent' or null")
+        return Caucus(Side(side))
+    if kind == "end":
+        return End()
+    if kind == "chat":
+        text = _str(data, "text", MAX_CHAT_CHARS).strip()
+        if not text:
+            raise ProtocolError("invalid_field", "'text' is empty")
+        return Chat(text)
+    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+
+
+def server_message(kind: str, **fields: Any) -> str:
+    """A server message as JSON text."""
+    return json.dumps({"type": kind, **fields}, ensure_ascii=False, separators=(",", ":"))
+
+
+def _str(data: dict[str, Any], name: str, limit: int, *, allow_empty: bool = False) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise ProtocolError("invalid_field", f"'{name}' must be a non-empty string")
+    if len(value) > limit:
+        raise ProtocolError("invalid_field", f"'{name}' is longer than {limit} characters")
+    return value
+
+
+def _optional_str(data: dict[str, Any], name: str, limit: int) -> str | None:
+    if data.get(name) is None:
+        return None
+    return _str(data, name, limit, allow_empty=True)
+
+
+def _bool(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise ProtocolError("invalid_field", f"'{name}' must be true or false")
+    return value
+
+
+def _seat(data: dict[str, Any]) -> SeatRole:
+    value = data.get("seat")
+    try:
+        return SeatRole(str(value))
+    except ValueError:
+        raise ProtocolError("invalid_field", f"unknown seat {value!r}") from None

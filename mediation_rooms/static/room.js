@@ -1,0 +1,269 @@
+// 解纷 join page and in-room UI. Plain ES2017, no build step: it must run in WeChat's in-app
+// browser as well as desktop Chrome/Edge/Firefox/Safari. The protocol is PROTOCOL.md.
+(function () {
+  "use strict";
+  var $ = function (id) { return document.getElementById(id); };
+  var token = decodeURIComponent((location.hash || "").replace(/^#/, ""));
+  var state = { ws: null, pc: null, stream: null, seat: null, tracks: [], ended: false,
+                joinMessage: null, retries: 0, presence: null, iceServers: [] };
+  var SEAT_NAMES = { mediator: "调解员", applicant: "申请人", respondent: "被申请人",
+                     interpreter: "翻译", applicant_agent: "申请人代理人", respondent_agent: "被申请人代理人" };
+  var CLOSE_FINAL = { 4401: true, 4403: true, 4409: true, 4410: true };
+
+  function show(step) {
+    ["step-consent", "step-devices", "step-waiting", "step-room", "step-closed"].forEach(function (id) {
+      $(id).hidden = id !== step;
+    });
+  }
+  function closed(title, message) {
+    state.ended = true;
+    $("closed-title").textContent = title;
+    $("closed-message").textContent = message;
+    stopMedia();
+    show("step-closed");
+  }
+  function stopMedia() {
+    if (state.pc) { state.pc.close(); state.pc = null; }
+    if (state.stream) { state.stream.getTracks().forEach(function (t) { t.stop(); }); }
+  }
+
+  // -- 长者模式 --------------------------------------------------------------------------------
+  var elder = localStorage.getItem("jiefen-elder") === "1";
+  function applyElder() {
+    document.body.classList.toggle("elder", elder);
+    $("elder-toggle").setAttribute("aria-pressed", String(elder));
+    $("elder-toggle").textContent = elder ? "标准模式" : "长者模式";
+  }
+  $("elder-toggle").onclick = function () { elder = !elder; localStorage.setItem("jiefen-elder", elder ? "1" : "0"); applyElder(); };
+  applyElder();
+
+  if (!token) { closed("链接不完整", "请点开调解员发给您的完整链接。"); return; }
+
+  // -- 1. consent --------------------------------------------------------------------------------
+  $("to-devices").onclick = function () {
+    var msg = $("consent-message");
+    if (!$("ack-notices").checked || !$("consent-recording").checked) {
+      msg.textContent = "请先阅读须知，并勾选同意录音录像。"; msg.className = "message error"; return;
+    }
+    show("step-devices");
+    checkDevices();
+  };
+
+  // -- 2. device check ---------------------------------------------------------------------------
+  function deviceError(error) {
+    var name = error && error.name;
+    if (name === "NotAllowedError" || name === "SecurityError")
+      return "没有得到使用摄像头和麦克风的允许。请在浏览器或微信的设置里允许后，刷新本页。";
+    if (name === "NotFoundError" || name === "OverconstrainedError")
+      return "没有找到摄像头或麦克风。请换一台有摄像头的手机或电脑。";
+    if (name === "NotReadableError") return "摄像头或麦克风正被其他应用使用，请关闭其他应用后重试。";
+    if (!navigator.mediaDevices) return "这个浏览器不能视频通话。请用微信或新版浏览器打开，并确认地址以 https 开头。";
+    return "打开摄像头和麦克风时出错：" + (error && error.message ? error.message : name);
+  }
+  function checkDevices() {
+    var status = $("device-status");
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      status.textContent = deviceError(null); status.className = "message error"; return;
+    }
+    navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480, frameRate: 30 } })
+      .then(function (stream) {
+        state.stream = stream;
+        $("preview").srcObject = stream;
+        status.textContent = "摄像头和麦克风正常。" + (navigator.onLine === false ? "但网络好像断了。" : "");
+        status.className = "message";
+        meter(stream);
+        $("enter").disabled = false;
+      })
+      .catch(function (error) { status.textContent = deviceError(error); status.className = "message error"; });
+  }
+  function meter(stream) {
+    var AudioContext = window.AudioContext || window.webkitAudioContext;
+    if (!AudioContext) return;
+    var context = new AudioContext(), analyser = context.createAnalyser(), data = new Uint8Array(256);
+    context.createMediaStreamSource(stream).connect(analyser);
+    (function tick() {
+      analyser.getByteTimeDomainData(data);
+      var peak = 0; for (var i = 0; i < data.length; i++) peak = Math.max(peak, Math.abs(data[i] - 128));
+      $("mic-level").style.width = Math.min(100, peak * 1.6) + "%";
+      if (!$("step-devices").hidden) requestAnimationFrame(tick);
+    })();
+  }
+  $("speaker-test").onclick = function () {
+    var AudioContext = window.AudioContext || window.webkitAudioContext;
+    if (!AudioContext) return;
+    var context = new AudioContext(), osc = context.createOscillator();
+    osc.frequency.value = 660; osc.connect(context.destination); osc.start(); osc.stop(context.currentTime + 0.6);
+  };
+  $("enter").onclick = function () {
+    state.joinMessage = { type: "join", token: token, identity: $("identity").value || null,
+                          consent_recording: true, acknowledged_notices: true };
+    show("step-waiting");
+    connect();
+  };
+
+  // -- 3. signalling -----------------------------------------------------------------------------
+  function send(message) { if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(message)); }
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    var ws = new WebSocket(scheme + location.host + "/rooms/ws");
+    state.ws = ws;
+    ws.onopen = function () { send(state.joinMessage); };
+    ws.onmessage = function (event) { handle(JSON.parse(event.data)); };
+    ws.onclose = function (event) {
+      if (state.ended || CLOSE_FINAL[event.code]) return;
+      // The network dropped: reconnect with the same join; an admitted seat goes straight back in.
+      state.retries += 1;
+      notice("网络中断，正在重新连接……");
+      setTimeout(connect, Math.min(10000, 1000 * state.retries));
+    };
+  }
+  function handle(message) {
+    switch (message.type) {
+      case "welcome":
+        state.seat = message.seat; state.retries = 0; state.iceServers = message.ice_servers || [];
+        $("mediator-panel").hidden = message.seat !== "mediator";
+        break;
+      case "waiting": $("waiting-message").textContent = message.message; show("step-waiting"); break;
+      case "admitted": break;
+      case "offer": answer(message); break;
+      case "presence": state.presence = message; renderPresence(); break;
+      case "notice": notice(message.message); break;
+      case "chat": chatLine(message.seat, message.text); break;
+      case "replaced": closed("已在其他设备进入", message.message); break;
+      case "removed": closed("已离开调解室", message.message); break;
+      case "denied": closed("暂未获准进入", message.message); break;
+      case "ended": closed("调解已结束", message.message); break;
+      case "error":
+        if (!$("step-consent").hidden || !$("step-waiting").hidden) {
+          if (message.code === "identity_mismatch" || message.code === "identity_required" ||
+              message.code === "consent_required") {
+            show("step-consent");
+            $("consent-message").textContent = message.message; $("consent-message").className = "message error";
+            if (state.ws) { state.ended = true; state.ws.close(); state.ended = false; }
+            return;
+          }
+          closed("无法进入", message.message);
+        } else notice(message.message);
+        break;
+    }
+  }
+
+  // -- 4. media ----------------------------------------------------------------------------------
+  function answer(offer) {
+    if (state.pc) state.pc.close();
+    var pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: "max-bundle" });
+    state.pc = pc; state.tracks = offer.tracks;
+    pc.onicecandidate = function (event) {
+      if (event.candidate) send({ type: "ice", candidate: event.candidate.candidate, sdpMid: event.candidate.sdpMid });
+    };
+    pc.ontrack = function (event) {
+      var slot = offer.tracks.filter(function (t) { return t.mid === event.transceiver.mid; })[0];
+      if (!slot) return;
+      var video = tile(slot.seat).querySelector("video");
+      if (!video.srcObject) video.srcObject = new MediaStream();
+      video.srcObject.addTrack(event.track);
+    };
+    pc.setRemoteDescription({ type: "offer", sdp: offer.sdp }).then(function () {
+      pc.getTransceivers().forEach(function (transceiver) {
+        var slot = offer.tracks.filter(function (t) { return t.mid === transceiver.mid; })[0];
+        if (slot && slot.direction === "send") {
+          var local = state.stream.getTracks().filter(function (t) { return t.kind === slot.kind; })[0];
+          transceiver.direction = "sendonly";
+          if (local) transceiver.sender.replaceTrack(local);
+        } else transceiver.direction = "recvonly";
+      });
+      return pc.createAnswer();
+    }).then(function (description) { return pc.setLocalDescription(description); })
+      .then(function () { send({ type: "answer", sdp: pc.localDescription.sdp }); show("step-room"); });
+  }
+  function tile(seat) {
+    var id = "tile-" + seat, element = $(id);
+    if (element) return element;
+    element = document.createElement("div"); element.id = id; element.className = "tile";
+    element.innerHTML = '<video autoplay playsinline></video><span class="label"></span>';
+    element.querySelector(".label").textContent = SEAT_NAMES[seat] || seat;
+    if (seat === state.seat) { element.querySelector("video").muted = true; element.querySelector("video").srcObject = state.stream; }
+    $("tiles").appendChild(element);
+    return element;
+  }
+  function notice(text) { var n = $("room-notice"); n.textContent = text; n.hidden = false; }
+  function chatLine(seat, text) {
+    var line = document.createElement("div"); line.textContent = (SEAT_NAMES[seat] || seat) + "：" + text;
+    $("chat-log").appendChild(line); $("chat-log").scrollTop = 1e6;
+  }
+  $("chat-form").onsubmit = function (event) {
+    event.preventDefault(); var text = $("chat-text").value.trim();
+    if (text) send({ type: "chat", text: text }); $("chat-text").value = "";
+  };
+  $("toggle-mic").onclick = function () { toggle("audio", this, "麦克风"); };
+  $("toggle-camera").onclick = function () { toggle("video", this, "摄像头"); };
+  function toggle(kind, button, name) {
+    state.stream.getTracks().forEach(function (t) {
+      if (t.kind === kind) { t.enabled = !t.enabled; button.textContent = (t.enabled ? "关闭" : "打开") + name; }
+    });
+  }
+
+  // -- presence, mediator controls -----------------------------------------------------------
+  function renderPresence() {
+    var p = state.presence; if (!p) return;
+    tile(state.seat);
+    p.participants.forEach(function (person) {
+      if (person.seat === state.seat) return;
+      var element = tile(person.seat);
+      element.classList.toggle("absent", !person.present || !person.admitted || person.on_hold);
+      element.querySelector(".label").textContent = (person.role_name) + " " + person.name +
+        (person.muted ? "（已静音）" : "") + (person.on_hold ? "（等候中）" : "");
+    });
+    if (state.seat !== "mediator") return;
+    var waiting = $("waiting-list"), list = $("participant-list");
+    waiting.innerHTML = ""; list.innerHTML = "";
+    p.participants.forEach(function (person) {
+      if (person.seat === "mediator") return;
+      var row = document.createElement("div"); row.className = "row";
+      var label = document.createElement("span"); label.textContent = person.role_name + " " + person.name + " ";
+      row.appendChild(label);
+      if (person.waiting) {
+        row.appendChild(button("允许进入", { type: "admit", seat: person.seat }));
+        row.appendChild(button("拒绝", { type: "deny", seat: person.seat }));
+        waiting.appendChild(row);
+      } else if (person.present) {
+        row.appendChild(button(person.muted ? "取消静音" : "静音", { type: "mute", seat: person.seat, muted: !person.muted }));
+        row.appendChild(button("请离开", { type: "remove", seat: person.seat }));
+        list.appendChild(row);
+      }
+    });
+  }
+  function button(text, message) {
+    var b = document.createElement("button"); b.type = "button"; b.textContent = text;
+    b.onclick = function () { send(message); }; return b;
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("[data-caucus]"), function (b) {
+    b.onclick = function () { send({ type: "caucus", "with": b.getAttribute("data-caucus") || null }); };
+  });
+  $("end").onclick = function () { if (confirm("确定结束本次调解吗？结束后不能再进入。")) send({ type: "end" }); };
+
+  // -- quality indicator and active speaker ---------------------------------------------------
+  setInterval(function () {
+    if (!state.pc) return;
+    state.pc.getStats().then(function (report) {
+      var lost = 0, received = 0, loudest = null, level = 0.02, rtt = null;
+      report.forEach(function (s) {
+        if (s.type === "inbound-rtp") {
+          lost += s.packetsLost || 0; received += s.packetsReceived || 0;
+          if (s.kind === "audio" && s.audioLevel > level) {
+            var slot = state.tracks.filter(function (t) { return t.mid === s.mid; })[0];
+            if (slot) { loudest = slot.seat; level = s.audioLevel; }
+          }
+        }
+        if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime;
+      });
+      var loss = received ? lost / (lost + received) : 0;
+      $("quality").textContent = "网络：" + (loss > 0.05 || rtt > 0.4 ? "差" : loss > 0.01 || rtt > 0.2 ? "一般" : "好");
+      Array.prototype.forEach.call(document.querySelectorAll(".tile"), function (t) {
+        t.classList.toggle("speaking", loudest !== null && t.id === "tile-" + loudest);
+      });
+    });
+  }, 1000);
+
+  show("step-consent");
+})();

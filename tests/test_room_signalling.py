@@ -1,0 +1,347 @@
+"""Rooms end to end: the rooms API, the signalling WebSocket and the media, on a real server.
+
+Real aiohttp server on 127.0.0.1:0, real Redis and PostgreSQL, real aiortc peers (synthetic
+media). Each test files a case first, then opens a room for it through ``POST /api/rooms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mediation_rooms.join_token import JoinClaims, issue_join_token
+from mediation_rooms.room_hub import CLOSE_REFUSED, CLOSE_REPLACED
+from mediation_rooms.synthetic_peer import SyntheticPeer, synthetic_clip
+from state import room_store
+from tests.conftest import REDIS_URL
+from tests.harness import RunningJiefen, running_jiefen
+from tests.test_state_case_store import ID_NUMBER, make_draft
+
+ADMIN_TOKEN = "test-admin-token"
+RESPONDENT_PHONE = "13900139000"
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+async def jiefen(
+    pg_database_url: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[RunningJiefen]:
+    async with running_jiefen(
+        database_url=pg_database_url,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        data_dir=tmp_path,
+        admin_api_token=ADMIN_TOKEN,
+    ) as running:
+        yield running
+
+
+async def file_case(jiefen: RunningJiefen) -> str:
+    created = await jiefen.services.cases.open_case(
+        make_draft(respondent_phone=RESPONDENT_PHONE, evidence=(), facts_voice_media_id=None),
+        openid="o_applicant_0001",
+        intake=[],
+        now=datetime.now(UTC),
+        submission_key=f"test-{time.monotonic_ns()}",
+    )
+    case_no: str = created.case_no  # type: ignore[union-attr]
+    return case_no
+
+
+async def open_room(jiefen: RunningJiefen, case_no: str, **body: Any) -> dict[str, Any]:
+    async with jiefen.session.post(
+        f"{jiefen.url}/api/rooms",
+        json={"case_no": case_no, **body},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+def token_of(link: str) -> str:
+    return link.split("#", 1)[1]
+
+
+@dataclass
+class Client:
+    """One signalling connection; keeps every server message it received."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    peer: SyntheticPeer | None = None
+
+    async def send(self, kind: str, **fields: Any) -> None:
+        await self.ws.send_str(json.dumps({"type": kind, **fields}))
+
+    async def next(self, kind: str, wait_s: float = 10.0) -> dict[str, Any]:
+        """The next message of ``kind`` (earlier ones of other kinds are kept, not lost)."""
+        deadline = time.monotonic() + wait_s
+        for message in self.messages:
+            if message["type"] == kind and not message.get("_seen"):
+                message["_seen"] = True
+                return message
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {kind!r}; got {[m['type'] for m in self.messages]}")
+            raw = await self.ws.receive(timeout=remaining)
+            if raw.type != aiohttp.WSMsgType.TEXT:
+                raise AssertionError(f"socket closed ({self.ws.close_code}) waiting for {kind!r}")
+            message = json.loads(raw.data)
+            self.messages.append(message)
+            if message["type"] == kind:
+                message["_seen"] = True
+                return message
+
+    async def answer_offer(self) -> SyntheticPeer:
+        offer = await self.next("offer")
+        peer = SyntheticPeer(synthetic_clip())
+        sdp = await peer.answer(offer["sdp"], offer["tracks"])
+        await self.send("answer", sdp=sdp)
+        if self.peer is not None:
+            await self.peer.close()
+        self.peer = peer
+        return peer
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self.peer is not None:
+            await self.peer.close()
+
+
+@pytest.fixture
+async def connect(jiefen: RunningJiefen) -> AsyncIterator[Any]:
+    clients: list[Client] = []
+
+    async def connect(token: str, identity: str | None = None, consent: bool = True) -> Client:
+        ws = await jiefen.session.ws_connect(f"{jiefen.url}/rooms/ws")
+        client = Client(ws)
+        clients.append(client)
+        await client.send(
+            "join",
+            token=token,
+            identity=identity,
+            consent_recording=consent,
+            acknowledged_notices=consent,
+        )
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()
+
+
+async def frames(client: Client, seat: str) -> int:
+    assert client.peer is not None
+    return client.peer.received_from(seat, "video").frames
+
+
+async def wait_frames(client: Client, seat: str, at_least: int, wait_s: float = 10.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while await frames(client, seat) < at_least:
+        assert time.monotonic() < deadline, f"only {await frames(client, seat)} frames from {seat}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_whole_session_waiting_room_admit_caucus_end(
+    jiefen: RunningJiefen, connect: Any
+) -> None:
+    case_no = await file_case(jiefen)
+    opened = await open_room(jiefen, case_no, mediator_name="王调解员")
+    links = opened["links"]
+    assert set(links) == {"mediator", "applicant", "respondent"}
+    # The applicant was sent their link in WeChat, through the outbox.
+    sent = await _wait_for(lambda: jiefen.fake.sent)
+    assert sent[-1].touser == "o_applicant_0001"
+    assert links["applicant"] in (sent[-1].content or "")
+
+    mediator = await connect(token_of(links["mediator"]))
+    welcome = await mediator.next("welcome")
+    assert welcome["seat"] == "mediator" and welcome["room"]["case_no"] == case_no
+    await mediator.answer_offer()
+
+    applicant = await connect(token_of(links["applicant"]), identity="000000")
+    assert (await applicant.next("error"))["code"] == "identity_mismatch"
+    await applicant.send(
+        "join",
+        token=token_of(links["applicant"]),
+        identity=ID_NUMBER[-6:].lower(),
+        consent_recording=True,
+        acknowledged_notices=True,
+    )
+    await applicant.next("welcome")
+    await applicant.next("waiting")
+    presence = await mediator.next("presence")
+    while not any(p["seat"] == "applicant" and p["waiting"] for p in presence["participants"]):
+        presence = await mediator.next("presence")
+
+    await mediator.send("admit", seat="applicant")
+    await applicant.next("admitted")
+    await applicant.answer_offer()
+    room = await room_store.get_room(jiefen.services.db, opened["room_id"])
+    assert room is not None and room.state == "live" and room.live_at is not None
+
+    respondent = await connect(token_of(links["respondent"]), identity=RESPONDENT_PHONE)
+    await respondent.next("waiting")
+    await mediator.send("admit", seat="respondent")
+    await respondent.answer_offer()
+    for client, others in [
+        (mediator, ["applicant", "respondent"]),
+        (applicant, ["mediator", "respondent"]),
+        (respondent, ["mediator", "applicant"]),
+    ]:
+        for seat in others:
+            await wait_frames(client, seat, 20)
+
+    # A party cannot use the mediator's controls.
+    await applicant.send("caucus", **{"with": "applicant"})
+    assert (await applicant.next("error"))["code"] == "forbidden"
+
+    await mediator.send("caucus", **{"with": "applicant"})
+    notice = await respondent.next("notice")
+    assert "背对背" in notice["message"]
+    await asyncio.sleep(0.3)
+    held = await frames(respondent, "mediator")
+    talking = await frames(applicant, "mediator")
+    await asyncio.sleep(1.0)
+    assert await frames(respondent, "mediator") == held
+    assert await frames(applicant, "mediator") > talking + 15
+    await mediator.send("caucus", **{"with": None})
+    await wait_frames(respondent, "mediator", held + 10)
+
+    await mediator.send("chat", text="请双方确认调解协议。")
+    assert (await respondent.next("chat"))["text"] == "请双方确认调解协议。"
+
+    await mediator.send("end")
+    for client in (mediator, applicant, respondent):
+        await client.next("ended")
+    room = await room_store.get_room(jiefen.services.db, opened["room_id"])
+    assert room is not None and room.state == "ended"
+    directory = jiefen.settings.recordings_dir / opened["room_id"]
+    names = sorted(path.name for path in directory.iterdir())
+    for seat in ("mediator", "applicant", "respondent"):
+        assert f"{seat}-video-01.webm" in names and f"{seat}-audio-01.webm" in names
+    events = [
+        json.loads(line)["event"]
+        for line in (directory / "timeline.jsonl").read_text().splitlines()
+    ]
+    for expected in ("admitted", "consented", "caucus_started", "caucus_ended", "ended"):
+        assert expected in events
+
+    # Nobody gets back into an ended room.
+    late = await connect(token_of(links["applicant"]), identity=ID_NUMBER[-6:])
+    assert (await late.next("error"))["code"] == "room_closed"
+
+
+async def test_refusals_are_clear_and_malformed_messages_do_not_break_the_socket(
+    jiefen: RunningJiefen, connect: Any
+) -> None:
+    case_no = await file_case(jiefen)
+    opened = await open_room(jiefen, case_no)
+    links = opened["links"]
+    applicant_token = token_of(links["applicant"])
+    payload, signature = applicant_token.split(".")
+
+    forged = await connect(payload + "." + signature[::-1])
+    assert (await forged.next("error"))["code"] == "forged"
+    await forged.ws.receive()
+    assert forged.ws.close_code == CLOSE_REFUSED
+
+    key = jiefen.services.rooms._join_key
+    room = await room_store.get_room(jiefen.services.db, opened["room_id"])
+    assert room is not None
+    nonce = room.seat("applicant").nonce  # type: ignore[union-attr]
+    expired = issue_join_token(
+        key, JoinClaims(opened["room_id"], "applicant", nonce, int(time.time()) - 1)
+    )
+    assert (await (await connect(expired)).next("error"))["code"] == "expired"
+    # A fourth person: a correctly signed token for a seat this room does not have.
+    fourth = issue_join_token(
+        key, JoinClaims(opened["room_id"], "interpreter", nonce, int(time.time()) + 600)
+    )
+    assert (await (await connect(fourth)).next("error"))["code"] == "revoked"
+
+    no_consent = await connect(applicant_token, identity=ID_NUMBER[-6:], consent=False)
+    assert (await no_consent.next("error"))["code"] == "consent_required"
+
+    mediator = await connect(token_of(links["mediator"]))
+    await mediator.next("welcome")
+    await mediator.ws.send_str("{not json")
+    assert (await mediator.next("error"))["code"] == "malformed"
+    await mediator.send("dance")
+    assert (await mediator.next("error"))["code"] == "unknown_type"
+    await mediator.send("admit", seat="nobody")
+    assert (await mediator.next("error"))["code"] == "invalid_field"
+    await mediator.send("admit", seat="respondent")
+    assert (await mediator.next("error"))["code"] == "not_in_room"
+    await mediator.send("chat", text="仍然在线")
+    assert (await mediator.next("chat"))["text"] == "仍然在线"
+
+
+async def test_a_second_device_replaces_the_first(jiefen: RunningJiefen, connect: Any) -> None:
+    case_no = await file_case(jiefen)
+    links = (await open_room(jiefen, case_no))["links"]
+    mediator = await connect(token_of(links["mediator"]))
+    await mediator.answer_offer()
+    first = await connect(token_of(links["applicant"]), identity=ID_NUMBER[-6:])
+    await first.next("waiting")
+    await mediator.send("admit", seat="applicant")
+    await first.answer_offer()
+    await wait_frames(mediator, "applicant", 10)
+
+    second = await connect(token_of(links["applicant"]), identity=ID_NUMBER[-6:])
+    replaced = await first.next("replaced")
+    assert "另一台设备" in replaced["message"]
+    await first.ws.receive()
+    assert first.ws.close_code == CLOSE_REPLACED
+    # Already admitted: the new device goes straight in, no waiting room.
+    await second.answer_offer()
+    before = await frames(mediator, "applicant")
+    await wait_frames(mediator, "applicant", before + 20)
+    assert not any(m["type"] == "waiting" for m in second.messages)
+
+
+async def test_the_rooms_api_needs_its_token(jiefen: RunningJiefen) -> None:
+    async with jiefen.session.post(f"{jiefen.url}/api/rooms", json={"case_no": "x"}) as response:
+        assert response.status == 403
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with jiefen.session.post(
+        f"{jiefen.url}/api/rooms", json={"case_no": "JF20000101-0001"}, headers=headers
+    ) as response:
+        assert response.status == 404
+    case_no = await file_case(jiefen)
+    async with jiefen.session.post(
+        f"{jiefen.url}/api/rooms",
+        json={"case_no": case_no, "scheduled_at": "2026-11-23T09:30"},
+        headers=headers,
+    ) as response:
+        assert response.status == 400  # no time zone
+    first = await open_room(
+        jiefen, case_no, extra_seats={"interpreter": "阿依"}, scheduled_at="2026-11-23T09:30+08:00"
+    )
+    second = await open_room(jiefen, case_no)
+    assert (first["session_no"], second["session_no"]) == (1, 2)
+    assert set(first["links"]) == {"mediator", "applicant", "respondent", "interpreter"}
+    async with jiefen.session.get(
+        f"{jiefen.url}/api/rooms/{first['room_id']}", headers=headers
+    ) as response:
+        shown = await response.json()
+    assert shown["state"] == "scheduled" and shown["scheduled_at"].startswith("2026-11-23T01:30")
+
+
+async def _wait_for(probe: Any, wait_s: float = 5.0) -> Any:
+    deadline = time.monotonic() + wait_s
+    while not probe():
+        assert time.monotonic() < deadline, "nothing arrived"
+        await asyncio.sleep(0.05)
+    return probe()
