@@ -70,6 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     dead = admin_commands.add_parser("dead-jobs", help="list background jobs that failed for good")
     dead.set_defaults(handler=_admin_dead_jobs)
 
+    room = commands.add_parser("room", help="video mediation rooms")
+    room_commands = room.add_subparsers(dest="room_command", required=True)
+    room_open = room_commands.add_parser(
+        "open", help="open a video session for a case and print its seats' join links"
+    )
+    room_open.add_argument("case_no")
+    room_open.add_argument(
+        "--at",
+        metavar="TIME",
+        help="scheduled time, ISO 8601; China time if no zone is given (default: now)",
+    )
+    room_open.add_argument("--mediator", default="调解员", help="the mediator's name")
+    room_open.add_argument("--interpreter", metavar="NAME", help="open an interpreter's seat")
+    room_open.add_argument(
+        "--agent",
+        nargs=2,
+        metavar=("SIDE", "NAME"),
+        help="open a seat for a party's agent: SIDE is applicant or respondent",
+    )
+    room_open.set_defaults(handler=_room_open)
+
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     webhook = bench_commands.add_parser("webhook", help="drive simulated users through intake")
@@ -86,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.access_log import PathOnlyAccessLogger
     from jiefen.app import create_app, uses_dev_wechat
+    from jiefen.tls import ssl_context
 
     updates: dict[str, object] = {"embedded_worker": args.role == "all"}
     if args.host:
@@ -94,8 +116,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         updates["port"] = args.port
     settings = settings.model_copy(update=updates)
     base = settings.resolved_public_url.rstrip("/")
-    print(f"解纷 Jiefen serving on http://{settings.host}:{settings.port}")
+    scheme = "https" if settings.serves_https else "http"
+    print(f"解纷 Jiefen serving on {scheme}://{settings.host}:{settings.port}")
     print(f"  WeChat webhook : {base}/wechat")
+    print(f"  join page      : {base}/join  (links from `jiefen room open CASE_NO`)")
     print(f"  health         : {base}/healthz")
     print(f"  database       : {settings.resolved_database_url}")
     print(f"  redis          : {settings.redis_url or 'in-process stand-in (one process only)'}")
@@ -111,6 +135,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         access_log_class=PathOnlyAccessLogger,
+        ssl_context=ssl_context(settings),
         print=None,
     )
     return 0
@@ -172,6 +197,92 @@ def _chat(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(terminal.run(default_input()))
     except KeyboardInterrupt:
         return 0
+
+
+def _room_open(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from bot.outbox import Outbox
+    from cases.case_number import CHINA_TZ
+    from mediation_rooms.join_token import derive_join_key
+    from mediation_rooms.room import SeatRole
+    from mediation_rooms.room_service import RoomService
+    from state.db import create_engine, migrate
+    from state.job_queue import JobQueue
+    from state.personal_data import PersonalDataProtector, load_or_create_data_key
+    from state.redis_connection import connect_redis
+    from state.room_store import UnknownCase
+
+    now = datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(args.at) if args.at else now
+    except ValueError:
+        print(f"--at {args.at!r} is not a time like 2026-11-23T09:30", file=sys.stderr)
+        return 2
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=CHINA_TZ)
+    extras: dict[SeatRole, str] = {}
+    if args.interpreter:
+        extras[SeatRole.INTERPRETER] = args.interpreter
+    if args.agent:
+        side, name = args.agent
+        if side not in ("applicant", "respondent"):
+            print("--agent SIDE is applicant or respondent", file=sys.stderr)
+            return 2
+        extras[SeatRole(f"{side}_agent")] = name
+
+    async def open_room() -> int:
+        engine = create_engine(settings.resolved_database_url)
+        redis = connect_redis(settings)
+        key = load_or_create_data_key(settings)
+        try:
+            service = RoomService(
+                db=engine,
+                protector=PersonalDataProtector(key),
+                join_key=derive_join_key(key),
+                public_url=settings.resolved_public_url,
+                video_codec=settings.video_codec,
+                link_valid_after_start=timedelta(hours=settings.join_link_valid_hours),
+                # The in-process Redis stand-in is this command's own: a message queued there
+                # would never be sent, so the applicant is only invited through a shared Redis.
+                outbox=(
+                    Outbox(
+                        redis,
+                        JobQueue(redis, prefix=settings.redis_prefix),
+                        prefix=settings.redis_prefix,
+                    )
+                    if settings.redis_url
+                    else None
+                ),
+            )
+            try:
+                opened = await service.open_room(
+                    args.case_no,
+                    scheduled_at=at.astimezone(UTC),
+                    now=now,
+                    mediator_name=args.mediator,
+                    extra_seats=extras,
+                )
+            except UnknownCase:
+                print(f"no case numbered {args.case_no}", file=sys.stderr)
+                return 1
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+        room = opened.room
+        when = room.scheduled_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
+        print(f"room {room.room_id}: case {room.case_no}, session {room.session_no}, at {when}")
+        for seat, link in opened.links.items():
+            print(f"  {seat:<17} {link}")
+        if settings.redis_url:
+            print("the applicant's link was also sent to them in WeChat")
+        else:
+            print("(no shared Redis: send the applicant their link yourself)")
+        return 0
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_database_url)
+    return asyncio.run(open_room())
 
 
 def _admin_routing(settings: Settings, args: argparse.Namespace) -> int:

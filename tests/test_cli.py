@@ -66,6 +66,19 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
             timeout=60,
             check=True,
         )
+        # A video session for the case: the links, and the mediator's link lets them in.
+        case_no = re.findall(r"JF\d{8}-\d{4}", chat.stdout)[0]
+        opened = _run(
+            tmp_path,
+            [*JIEFEN, "room", "open", case_no, "--at", "2026-11-23T09:30", "--interpreter", "阿依"],
+        )
+        links = dict(re.findall(r"^\s+(\w+)\s+(\S+/join#\S+)$", opened, re.MULTILINE))
+        assert set(links) == {"mediator", "applicant", "respondent", "interpreter"}, opened
+        assert "2026-11-23 09:30" in opened
+        with urllib.request.urlopen(f"{url}/join") as page:
+            assert "视频调解室" in page.read().decode()
+        welcome = asyncio.run(_join_as(url, links["mediator"].split("#", 1)[1]))
+        assert welcome["type"] == "welcome" and welcome["room"]["case_no"] == case_no
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=20)
@@ -89,6 +102,13 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
     # Embedded defaults: SQLite and the data key under ./var of the working directory.
     assert (tmp_path / "var" / "jiefen.db").is_file()
     assert (tmp_path / "var" / "keys" / "data.key").stat().st_mode & 0o077 == 0
+
+
+async def _join_as(url: str, token: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/rooms/ws") as ws:
+        await ws.send_json({"type": "join", "token": token})
+        message: dict[str, object] = await ws.receive_json(timeout=10)
+        return message
 
 
 def _run(cwd: Path, command: list[str]) -> str:
