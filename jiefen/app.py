@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -32,7 +31,6 @@ from cases.service import CaseService
 from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
-from mediation_rooms.join_token import derive_join_key
 from mediation_rooms.media_session import MediaConfig
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
@@ -118,7 +116,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         routing = load_routing_table(settings.routing_file)
         await organisation_store.sync_organisations(db, routing)
-        protector = PersonalDataProtector(load_or_create_data_key(settings))
+        data_key = load_or_create_data_key(settings)
+        protector = PersonalDataProtector(data_key)
         jobs = JobQueue(redis, prefix=settings.redis_prefix)
         outbox = Outbox(redis, jobs, prefix=settings.redis_prefix)
         cases = CaseService(
@@ -162,21 +161,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             max_media_bytes=settings.max_media_bytes,
             notice_template_id=settings.wechat_notice_template_id,
         )
-        join_key = derive_join_key(load_or_create_data_key(settings))
-        rooms = RoomService(
-            db=db,
-            protector=protector,
-            join_key=join_key,
-            public_url=settings.resolved_public_url,
-            video_codec=settings.video_codec,
-            link_valid_after_start=timedelta(hours=settings.join_link_valid_hours),
-            outbox=outbox,
+        rooms = RoomService.from_settings(
+            settings, db=db, data_key=data_key, protector=protector, outbox=outbox
         )
         hub = RoomHub(
             db=db,
             redis=redis,
             redis_prefix=settings.redis_prefix,
-            join_key=join_key,
             rooms=rooms,
             media_config=media_config(settings),
             recordings_dir=settings.recordings_dir,

@@ -200,11 +200,10 @@ def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _room_open(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     from bot.outbox import Outbox
     from cases.case_number import CHINA_TZ
-    from mediation_rooms.join_token import derive_join_key
     from mediation_rooms.room import SeatRole
     from mediation_rooms.room_service import RoomService
     from state.db import create_engine, migrate
@@ -236,13 +235,11 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
         redis = connect_redis(settings)
         key = load_or_create_data_key(settings)
         try:
-            service = RoomService(
+            service = RoomService.from_settings(
+                settings,
                 db=engine,
+                data_key=key,
                 protector=PersonalDataProtector(key),
-                join_key=derive_join_key(key),
-                public_url=settings.resolved_public_url,
-                video_codec=settings.video_codec,
-                link_valid_after_start=timedelta(hours=settings.join_link_valid_hours),
                 # The in-process Redis stand-in is this command's own: a message queued there
                 # would never be sent, so the applicant is only invited through a shared Redis.
                 outbox=(

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,6 @@ class Offer:
 class ParticipantConnection:
     seat: SeatRole
     pc: RTCPeerConnection
-    connected_at: float
     receivers: list[RTCRtpReceiver] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)
 
@@ -103,7 +102,6 @@ class RoomMedia:
         seats: Iterable[SeatRole],
         config: MediaConfig,
         recordings_dir: Path,
-        on_connection_lost: Callable[[SeatRole], None] | None = None,
     ) -> None:
         self.room_id = room_id
         self.seats = tuple(seats)
@@ -119,7 +117,6 @@ class RoomMedia:
             for seat in self.seats
             for kind in KINDS
         }
-        self._on_connection_lost = on_connection_lost
         self._watchdog = asyncio.create_task(self._watch_stalls(), name=f"watchdog-{room_id}")
 
     # -- connections -----------------------------------------------------------------------
@@ -132,12 +129,13 @@ class RoomMedia:
                 iceServers=list(self.config.ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
             )
         )
-        connection = ParticipantConnection(seat=seat, pc=pc, connected_at=time.monotonic())
+        connection = ParticipantConnection(seat=seat, pc=pc)
         self.connections[seat] = connection
+        preferences = {kind: codec_preferences(kind, self.config.video_codec) for kind in KINDS}
         incoming: dict[str, RTCRtpTransceiver] = {}
         for kind in KINDS:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
-            transceiver.setCodecPreferences(codec_preferences(kind, self.config.video_codec))
+            transceiver.setCodecPreferences(preferences[kind])
             incoming[kind] = transceiver
         outgoing: list[tuple[RTCRtpTransceiver, Subscription]] = []
         for other in self.seats:
@@ -147,7 +145,7 @@ class RoomMedia:
                 publication = self.publications[(other, kind)]
                 track = SubscriptionTrack(kind)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
-                transceiver.setCodecPreferences(codec_preferences(kind, self.config.video_codec))
+                transceiver.setCodecPreferences(preferences[kind])
                 aiortc_hooks.on_keyframe_request(transceiver.sender, publication.request_keyframe)
                 subscription = Subscription(publication, seat.value, track)
                 publication.subscriptions.add(subscription)
@@ -172,8 +170,6 @@ class RoomMedia:
             ):
                 log.info("room %s: %s connection %s", self.room_id, seat, pc.connectionState)
                 await self.disconnect(seat, reason=pc.connectionState)
-                if self._on_connection_lost is not None:
-                    self._on_connection_lost(seat)
 
         await pc.setLocalDescription(await pc.createOffer())
         self._apply_permissions()

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mediation_rooms import texts
 from mediation_rooms.join_token import JoinTokenError, verify_join_token
 from mediation_rooms.media_session import MediaConfig, RoomMedia
-from mediation_rooms.room import RoomLifecycle, RoomState, SeatRole, SessionView, Side
+from mediation_rooms.room import (
+    ALLOWED_TRANSITIONS,
+    RoomLifecycle,
+    RoomState,
+    SeatRole,
+    SessionView,
+    Side,
+)
 from mediation_rooms.room_service import RoomService
 from mediation_rooms.signalling import (
+    MAX_MESSAGE_BYTES,
     MEDIATOR_ONLY,
     Admit,
     Answer,
@@ -74,9 +83,9 @@ class Attendee:
     """One signalling connection, after a successful join."""
 
     seat: SeatRole
-    name: str
     ws: web.WebSocketResponse
-    joined_at: float = field(default_factory=time.monotonic)
+    #: What the person agreed to at join, for the timeline: {"recording", "notices", "identity"}.
+    consents: dict[str, Any]
 
     async def send(self, kind: str, **fields: Any) -> None:
         if not self.ws.closed:
@@ -100,7 +109,6 @@ class LiveRoom:
         self.lock = asyncio.Lock()
         self.attendees: dict[SeatRole, Attendee] = {}
         self.waiting: set[SeatRole] = set()
-        self.identity_failures: dict[SeatRole, int] = {}
         self.view = SessionView(
             admitted={SeatRole(seat) for seat in live.get("admitted", [])},
             muted={SeatRole(seat) for seat in live.get("muted", [])},
@@ -138,6 +146,11 @@ class LiveRoom:
     def event(self, event: str, **details: Any) -> None:
         if self.media.recording is not None:
             self.media.recording.event(event, **details)
+
+    def record_arrival(self, attendee: Attendee) -> None:
+        """Timeline entries for someone arriving: their join and what they agreed to."""
+        self.event("joined", seat=attendee.seat.value)
+        self.event("consented", seat=attendee.seat.value, **attendee.consents)
 
     async def set_state(self, state: RoomState) -> None:
         """The one place a hosted room's lifecycle changes: memory, database, then Redis."""
@@ -196,7 +209,7 @@ class LiveRoom:
             await previous.close(CLOSE_REPLACED, "replaced", texts.REPLACED)
         if self.lifecycle.state == RoomState.SCHEDULED:
             await self.set_state(RoomState.OPEN)
-        self.event("joined", seat=seat.value)
+        self.record_arrival(attendee)
         if seat == SeatRole.MEDIATOR:
             self.view.admitted.add(seat)
         if seat in self.view.admitted:
@@ -212,10 +225,7 @@ class LiveRoom:
         await attendee.send(
             "offer",
             sdp=offer.sdp,
-            tracks=[
-                {"mid": t.mid, "seat": t.seat, "kind": t.kind, "direction": t.direction}
-                for t in offer.tracks
-            ],
+            tracks=[dataclasses.asdict(slot) for slot in offer.tracks],
         )
 
     async def leave(self, attendee: Attendee) -> None:
@@ -240,8 +250,9 @@ class LiveRoom:
             await self.set_state(RoomState.LIVE)
             self.live_since = time.time()
             self.media.start_recording(self.live_since)
-            for present in self.attendees:
-                self.event("joined", seat=present.value)
+            # Arrivals before the room went live had no timeline yet: record them now.
+            for present in self.attendees.values():
+                self.record_arrival(present)
         self.event("admitted", seat=seat.value)
         await attendee.send("admitted")
         await self.start_media(attendee)
@@ -299,7 +310,7 @@ class LiveRoom:
         await self.broadcast_presence()
 
     async def end(self) -> None:
-        if self.lifecycle.state in (RoomState.OPEN, RoomState.LIVE, RoomState.SCHEDULED):
+        if RoomState.ENDED in ALLOWED_TRANSITIONS[self.lifecycle.state]:
             await self.set_state(RoomState.ENDED)
         self.event("ended")
         attendees = list(self.attendees.values())
@@ -331,7 +342,6 @@ class RoomHub:
         db: AsyncEngine,
         redis: aioredis.Redis,
         redis_prefix: str,
-        join_key: bytes,
         rooms: RoomService,
         media_config: MediaConfig,
         recordings_dir: Path,
@@ -340,7 +350,6 @@ class RoomHub:
         self.db = db
         self.redis = redis
         self.prefix = redis_prefix
-        self.join_key = join_key
         self.rooms = rooms
         self.media_config = media_config
         self.recordings_dir = recordings_dir
@@ -352,11 +361,8 @@ class RoomHub:
         return f"{self.prefix}room:{room_id}:live"
 
     def media_config_for(self, video_codec: str) -> MediaConfig:
-        return MediaConfig(
-            ice_servers=self.media_config.ice_servers,
-            video_codec=video_codec,
-            video_bitrate_cap_bps=self.media_config.video_bitrate_cap_bps,
-        )
+        """The media configuration of a room, which keeps the codec it was opened with."""
+        return dataclasses.replace(self.media_config, video_codec=video_codec)
 
     async def close(self) -> None:
         """Process shutdown: close media (the files are finished); rooms stay resumable."""
@@ -377,7 +383,7 @@ class RoomHub:
     # -- the WebSocket endpoint ------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES)
         await ws.prepare(request)
         attendee: Attendee | None = None
         room: LiveRoom | None = None
@@ -435,7 +441,9 @@ class RoomHub:
 
     async def join(self, ws: web.WebSocketResponse, join: Join) -> tuple[LiveRoom, Attendee]:
         try:
-            claims = verify_join_token(self.join_key, join.token, room_id=None, now=self.clock())
+            claims = verify_join_token(
+                self.rooms.join_key, join.token, room_id=None, now=self.clock()
+            )
         except JoinTokenError as error:
             raise _refusal(error.reason) from None
         record = await room_store.get_room(self.db, claims.room_id)
@@ -458,7 +466,15 @@ class RoomHub:
         if seat != SeatRole.MEDIATOR and not (join.consent_recording and join.acknowledged_notices):
             raise ProtocolError("consent_required", texts.REFUSALS["consent_required"])
         room = await self._live_room(record)
-        attendee = Attendee(seat=seat, name=seat_record.person_name, ws=ws)
+        attendee = Attendee(
+            seat=seat,
+            ws=ws,
+            consents={
+                "recording": join.consent_recording,
+                "notices": join.acknowledged_notices,
+                "identity": "verified" if seat_record.identity_digest else "by_mediator",
+            },
+        )
         async with room.lock:
             if room.lifecycle.state in (RoomState.ENDED, RoomState.ARCHIVED):
                 raise _refusal("room_closed")
@@ -479,13 +495,6 @@ class RoomHub:
                 ],
             )
             await room.enter(attendee)
-            room.event(
-                "consented",
-                seat=seat.value,
-                recording=join.consent_recording,
-                notices=join.acknowledged_notices,
-                identity="verified" if seat_record.identity_digest else "by_mediator",
-            )
         return room, attendee
 
     async def _dispatch(self, room: LiveRoom, attendee: Attendee, message: ClientMessage) -> None:

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.outbox import Outbox
 from cases.case_number import CHINA_TZ
+from config.settings import Settings
 from mediation_rooms import texts
-from mediation_rooms.join_token import JoinClaims, issue_join_token, new_nonce
+from mediation_rooms.join_token import JoinClaims, derive_join_key, issue_join_token, new_nonce
 from mediation_rooms.room import RoomState, SeatRole, check_seats
 from state import room_store
 from state.personal_data import PersonalDataProtector
@@ -62,11 +63,33 @@ class RoomService:
     ) -> None:
         self._db = db
         self._protector = protector
-        self._join_key = join_key
+        #: Signs this service's join links; the room hub verifies them with it.
+        self.join_key = join_key
         self._public_url = public_url.rstrip("/")
         self._video_codec = video_codec
         self._link_valid_after_start = link_valid_after_start
         self._outbox = outbox
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        db: AsyncEngine,
+        data_key: bytes,
+        protector: PersonalDataProtector,
+        outbox: Outbox | None,
+    ) -> RoomService:
+        """The service as ``settings`` configure it (``serve`` and ``jiefen room open``)."""
+        return cls(
+            db=db,
+            protector=protector,
+            join_key=derive_join_key(data_key),
+            public_url=settings.resolved_public_url,
+            video_codec=settings.video_codec,
+            link_valid_after_start=timedelta(hours=settings.join_link_valid_hours),
+            outbox=outbox,
+        )
 
     def identity_digest(self, room_id: str, seat: str, check: str, answer: str) -> str:
         return self._protector.blind_index(
@@ -76,7 +99,7 @@ class RoomService:
 
     def join_link(self, room_id: str, seat: SeatRecord) -> str:
         token = issue_join_token(
-            self._join_key,
+            self.join_key,
             JoinClaims(
                 room_id=room_id,
                 seat=seat.seat,

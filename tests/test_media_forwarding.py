@@ -8,6 +8,7 @@ WebSocket path has its own tests in test_room_signalling.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -35,13 +36,7 @@ class Room:
     async def join(self, seat: SeatRole) -> SyntheticPeer:
         offer = await self.media.connect(seat)
         peer = SyntheticPeer(synthetic_clip())
-        answer = await peer.answer(
-            offer.sdp,
-            [
-                {"mid": t.mid, "seat": t.seat, "kind": t.kind, "direction": t.direction}
-                for t in offer.tracks
-            ],
-        )
+        answer = await peer.answer(offer.sdp, [dataclasses.asdict(t) for t in offer.tracks])
         await self.media.accept_answer(seat, answer)
         old = self.peers.get(seat)
         self.peers[seat] = peer

@@ -24,7 +24,7 @@ from bot.bench_webhook import free_port
 from state import room_store
 from state.db import create_engine
 from tests.conftest import REDIS_URL
-from tests.test_room_signalling import ADMIN_TOKEN, Client, token_of, wait_frames
+from tests.test_room_signalling import ADMIN_TOKEN, Client, frames, token_of, wait_frames
 from tests.test_state_case_store import ID_NUMBER, file_case
 
 pytestmark = pytest.mark.services
@@ -109,7 +109,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
             await applicant.answer_offer()
             await wait_frames(mediator, "applicant", 90)
             await wait_frames(applicant, "mediator", 60)
-            delivered = await _frames(mediator, "applicant")
+            delivered = await frames(mediator, "applicant")
 
             server.send_signal(signal.SIGKILL)
             await asyncio.wait_for(server.wait(), 10)
@@ -145,8 +145,3 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
     finally:
         await db.dispose()
     assert room is not None and room.state == "live"  # killed: nobody ended it
-
-
-async def _frames(client: Client, seat: str) -> int:
-    assert client.peer is not None
-    return client.peer.received_from(seat, "video").frames

@@ -231,12 +231,17 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
     names = sorted(path.name for path in directory.iterdir())
     for seat in ("mediator", "applicant", "respondent"):
         assert f"{seat}-video-01.webm" in names and f"{seat}-audio-01.webm" in names
-    events = [
-        json.loads(line)["event"]
-        for line in (directory / "timeline.jsonl").read_text().splitlines()
+    timeline = [
+        json.loads(line) for line in (directory / "timeline.jsonl").read_text().splitlines()
     ]
+    events = [entry["event"] for entry in timeline]
     for expected in ("admitted", "consented", "caucus_started", "caucus_ended", "ended"):
         assert expected in events
+    # Everyone's consent is in the timeline, those given before the room went live too.
+    consents = {e["seat"]: e for e in timeline if e["event"] == "consented"}
+    assert set(consents) == {"mediator", "applicant", "respondent"}
+    assert consents["applicant"]["recording"] is True
+    assert consents["applicant"]["identity"] == "verified"
 
     # Nobody gets back into an ended room.
     late = await connect(token_of(links["applicant"]), identity=ID_NUMBER[-6:])
@@ -257,7 +262,7 @@ async def test_refusals_are_clear_and_malformed_messages_do_not_break_the_socket
     await forged.ws.receive()
     assert forged.ws.close_code == CLOSE_REFUSED
 
-    key = jiefen.services.rooms._join_key
+    key = jiefen.services.rooms.join_key
     room = await room_store.get_room(jiefen.services.db, opened["room_id"])
     assert room is not None
     nonce = room.seat("applicant").nonce  # type: ignore[union-attr]
