@@ -1,6 +1,7 @@
-"""Background jobs of the WeChat edge, and the loop that runs them.
+"""Background jobs of the WeChat edge, and the loop that runs them (other packages add their
+own kinds with ``BackgroundJobs.register``, e.g. the recording finalisation of the rooms).
 
-Three kinds, each idempotent (the queue is at-least-once):
+The edge's three kinds, each idempotent (the queue is at-least-once):
 
 - ``wechat.send_text`` — drain one resident's outbox (``bot.outbox``) through the
   customer-service API, in order. A part that fails for a passing reason is retried with
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.conversation import JOB_CALLBACK_REQUEST, JOB_FETCH_MEDIA
 from bot.outbox import JOB_DRAIN_OUTBOX, Outbox, OutboxEntry
 from bot.wechat_api import WeChatAPIClient
-from jiefen.errors import UpstreamError, WeChatAPIError
+from jiefen.errors import PermanentJobError, UpstreamError, WeChatAPIError
 from state import callback_store, media_store
 from state.blob_store import LocalBlobStore
 from state.job_queue import Completion, Job, JobQueue
@@ -94,6 +95,22 @@ class BackgroundJobs:
             JOB_FETCH_MEDIA: self._fetch_media,
             JOB_CALLBACK_REQUEST: self._record_callback,
         }
+        #: How long a job of each kind may run; default the queue's lease.
+        self._max_runtime_s: dict[str, float] = {}
+
+    def register(
+        self,
+        kind: str,
+        handler: Callable[[Job], Awaitable[bool]],
+        *,
+        max_runtime_s: float | None = None,
+    ) -> None:
+        """Run jobs of ``kind`` with ``handler`` (True: it settled the job itself). A handler
+        that may run longer than the lease passes ``max_runtime_s`` and renews the lease
+        (``JobQueue.extend``) as it goes: past the lease, another worker would take it over."""
+        self._handlers[kind] = handler
+        if max_runtime_s is not None:
+            self._max_runtime_s[kind] = max_runtime_s
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set. A failing job never stops the loop."""
@@ -119,8 +136,8 @@ class BackgroundJobs:
             return True
         try:
             # Past its lease the job is another worker's anyway; this also ends a handler stuck
-            # on a half-open connection.
-            async with asyncio.timeout(self._jobs.lease_s):
+            # on a half-open connection. Long jobs renew the lease and have their own limit.
+            async with asyncio.timeout(self._max_runtime_s.get(job.kind, self._jobs.lease_s)):
                 settled = await handler(job)
         except Exception as error:
             async with asyncio.timeout(_REDIS_TIMEOUT_S):
@@ -132,7 +149,9 @@ class BackgroundJobs:
         return True
 
     async def _fail(self, job: Job, error: Exception) -> None:
-        permanent = isinstance(error, WeChatAPIError) and error.errcode in _PERMANENT_ERRCODES
+        permanent = isinstance(error, PermanentJobError) or (
+            isinstance(error, WeChatAPIError) and error.errcode in _PERMANENT_ERRCODES
+        )
         description = f"{type(error).__name__}: {error}"
         if permanent or job.attempts >= self._retry.max_attempts:
             log.error("job %s (%s) failed for good: %s", job.job_id, job.kind, description)

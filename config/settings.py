@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_self_signed: bool = False
+    #: PEM file of the platform's Ed25519 private key that signs recording manifests; unset
+    #: means ``data_dir/keys/signing-ed25519.pem``, created on first use. Courts verify with
+    #: its public half (``jiefen room signing-key``).
+    signing_key_file: Path | None = None
+    #: Font for the court copy's overlay; unset tries the usual Chinese fonts, then a built-in
+    #: Latin one (seat labels then appear in English).
+    court_copy_font_file: Path | None = None
+    #: Frame rate of the court copy (the per-person recordings keep their own).
+    court_copy_fps: int = Field(default=25, ge=5, le=30)
 
     #: Run background jobs (outbox, media fetch) inside ``jiefen serve``.
     embedded_worker: bool = True

@@ -31,6 +31,7 @@ from cases.service import CaseService
 from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
+from mediation_rooms.finalise import JOB_FINALISE_RECORDING, MAX_RUNTIME_S, RecordingFinaliser
 from mediation_rooms.media_session import MediaConfig
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
@@ -42,6 +43,7 @@ from state.job_queue import JobQueue
 from state.message_gate import MessageGate
 from state.personal_data import PersonalDataProtector, load_or_create_data_key
 from state.redis_connection import connect_redis
+from state.signing_key import load_or_create_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Services:
     webhook: WebhookHandler
     background: BackgroundJobs
     rooms: RoomService
+    finaliser: RecordingFinaliser
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -68,6 +71,7 @@ SERVICES = web.AppKey("services", Services)
 FAKE_WECHAT = web.AppKey("fake_wechat", FakeWeChatAPI)
 ROOM_HUB = web.AppKey("room_hub", RoomHub)
 ROOM_SERVICE = web.AppKey("room_service", RoomService)
+FINALISER = web.AppKey("finaliser", RecordingFinaliser)
 
 
 def uses_dev_wechat(settings: Settings) -> bool:
@@ -87,6 +91,21 @@ def media_config(settings: Settings) -> MediaConfig:
     )
 
 
+def recording_finaliser(
+    settings: Settings, *, db: AsyncEngine, redis: aioredis.Redis
+) -> RecordingFinaliser:
+    """The recording finaliser with the platform's signing key (created on first use)."""
+    return RecordingFinaliser(
+        db=db,
+        redis=redis,
+        redis_prefix=settings.redis_prefix,
+        recordings_dir=settings.recordings_dir,
+        signing_key=load_or_create_signing_key(settings),
+        font_file=settings.court_copy_font_file,
+        fps=settings.court_copy_fps,
+    )
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the aiohttp application for ``settings`` (resources open when it starts)."""
     app = web.Application(client_max_size=settings.wechat_max_body_bytes * 4)
@@ -100,7 +119,13 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", _health)
     app.router.add_get("/wechat", _webhook_verify)
     app.router.add_post("/wechat", _webhook_receive)
-    add_room_routes(app, hub=ROOM_HUB, service=ROOM_SERVICE, admin_token=settings.admin_api_token)
+    add_room_routes(
+        app,
+        hub=ROOM_HUB,
+        service=ROOM_SERVICE,
+        finaliser=FINALISER,
+        admin_token=settings.admin_api_token,
+    )
     return app
 
 
@@ -171,9 +196,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             rooms=rooms,
             media_config=media_config(settings),
             recordings_dir=settings.recordings_dir,
+            jobs=jobs,
+        )
+        finaliser = recording_finaliser(settings, db=db, redis=redis)
+        background.register(
+            JOB_FINALISE_RECORDING,
+            lambda job: finaliser.run_job(job, jobs),
+            max_runtime_s=MAX_RUNTIME_S,
         )
         app[ROOM_SERVICE] = rooms
         app[ROOM_HUB] = hub
+        app[FINALISER] = finaliser
         app[SERVICES] = Services(
             settings=settings,
             db=db,
@@ -183,6 +216,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             webhook=webhook,
             background=background,
             rooms=rooms,
+            finaliser=finaliser,
         )
         if settings.embedded_worker:
             worker = asyncio.create_task(background.run(stop), name="embedded-worker")

@@ -90,6 +90,26 @@ def _parser() -> argparse.ArgumentParser:
         help="open a seat for a party's agent: SIDE is applicant or respondent",
     )
     room_open.set_defaults(handler=_room_open)
+    room_finalise = room_commands.add_parser(
+        "finalise",
+        help="finalise an ended room's recording now: court copy, signed manifest, archive",
+    )
+    room_finalise.add_argument("room_id")
+    room_finalise.set_defaults(handler=_room_finalise)
+    room_verify = room_commands.add_parser(
+        "verify", help="check a recording directory against its signed manifest"
+    )
+    room_verify.add_argument("directory", help="e.g. var/recordings/rm0123456789abcdef")
+    room_verify.add_argument(
+        "--public-key",
+        metavar="PEM",
+        help="the platform's public key (default: this installation's own key)",
+    )
+    room_verify.set_defaults(handler=_room_verify)
+    signing_key = room_commands.add_parser(
+        "signing-key", help="print the public key that verifies recording manifests (PEM)"
+    )
+    signing_key.set_defaults(handler=_room_signing_key)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
@@ -164,7 +184,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
-        print("解纷 Jiefen worker running (outbox, evidence download, call-back requests)")
+        print(
+            "解纷 Jiefen worker running (outbox, evidence download, call-back requests,"
+            " recording finalisation)"
+        )
         sys.stdout.flush()
         try:
             await stop.wait()  # a job in progress finishes; the rest stay queued in Redis
@@ -197,6 +220,85 @@ def _chat(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(terminal.run(default_input()))
     except KeyboardInterrupt:
         return 0
+
+
+def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
+    from jiefen.app import recording_finaliser
+    from jiefen.errors import PermanentJobError
+    from mediation_rooms.finalise import RenderFailed
+    from state.db import create_engine, migrate
+    from state.redis_connection import connect_redis
+
+    def show(stage: str, fraction: float) -> None:
+        width = 30
+        filled = int(width * fraction)
+        label = {"rendering": "rendering the court copy", "sealing": "signing the manifest"}
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} "
+            f"{label.get(stage, stage):<26}"
+        )
+        sys.stderr.flush()
+
+    async def finalise() -> int:
+        migrate(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url)
+        redis = connect_redis(settings)
+        try:
+            finaliser = recording_finaliser(settings, db=engine, redis=redis)
+            try:
+                done = await finaliser.finalise(args.room_id, on_progress=show)
+            except (PermanentJobError, RenderFailed) as error:
+                print(f"\ncannot finalise: {error}", file=sys.stderr)
+                return 1
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+        sys.stderr.write("\n")
+        if not done.done_now:
+            print(f"{args.room_id} was finalised before; nothing to do")
+        print(f"recording : {done.directory}")
+        print(f"files     : {len(done.manifest['files'])} listed in manifest.json (signed)")
+        print(f"court copy: {done.court_copy or 'none (nothing was recorded)'}")
+        return 0
+
+    return asyncio.run(finalise())
+
+
+def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mediation_rooms.manifest import verify_recording
+    from state.signing_key import load_or_create_signing_key, public_key_from_pem
+
+    if args.public_key:
+        try:
+            public_key = public_key_from_pem(Path(args.public_key).read_bytes())
+        except (OSError, ValueError) as error:
+            print(f"cannot read the public key {args.public_key}: {error}", file=sys.stderr)
+            return 2
+    else:
+        public_key = load_or_create_signing_key(settings).public_key
+    result = verify_recording(Path(args.directory), public_key)
+    if result.ok:
+        assert result.manifest is not None
+        print(
+            f"OK: signature valid; {result.checked_files} files match their digests "
+            f"(case {result.manifest['case_no']}, session {result.manifest['session_no']})"
+        )
+        return 0
+    print("NOT VERIFIED:", file=sys.stderr)
+    for problem in result.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
+def _room_signing_key(settings: Settings, args: argparse.Namespace) -> int:
+    from state.signing_key import load_or_create_signing_key
+
+    key = load_or_create_signing_key(settings)
+    print(key.public_pem(), end="")
+    print(f"key id: {key.key_id}", file=sys.stderr)
+    return 0
 
 
 def _room_open(settings: Settings, args: argparse.Namespace) -> int:

@@ -95,3 +95,8 @@ class StorageUnavailable(UpstreamError):
 
 class LockTimeout(UpstreamError):
     """A lock or a per-user turn could not be had in time."""
+
+
+class PermanentJobError(JiefenError):
+    """A background job that can never succeed (its subject is gone or in the wrong state):
+    it goes to the dead-letter list at once instead of being retried."""

@@ -100,6 +100,8 @@ class Publication:
         self.sink: FrameSink | None = None
         self.frames_received = 0
         self.last_arrival: float | None = None
+        #: ``last_arrival`` of the stall last reported, so that one stall is reported once.
+        self._stall_reported: float | None = None
         self._receiver: RTCRtpReceiver | None = None
         self._ts_offset = 0
         self._last_pts: int | None = None
@@ -162,12 +164,16 @@ class Publication:
         )
 
     def check_stall(self, now: float) -> bool:
-        """The watchdog's test: connected video with no frame for ``STALL_AFTER_S``."""
+        """The watchdog's test: connected video with no frame for ``STALL_AFTER_S`` gets a
+        keyframe request (rate-limited) on every check; True only when a stall begins."""
         if self.kind != "video" or self._receiver is None or self.last_arrival is None:
             return False
         if now - self.last_arrival < STALL_AFTER_S:
             return False
         self.request_keyframe()
+        if self._stall_reported == self.last_arrival:
+            return False
+        self._stall_reported = self.last_arrival
         return True
 
 

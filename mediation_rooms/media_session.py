@@ -241,7 +241,7 @@ class RoomMedia:
             self.recording = RoomRecording(
                 self.recordings_dir / self.room_id, clock=RoomClock(live_since)
             )
-            self.recording.event("recording_started", room=self.room_id)
+            self.recording.event("recording_started", room=self.room_id, live_since=live_since)
             for publication in self.publications.values():
                 if publication.connected:
                     self.recording.record(publication)

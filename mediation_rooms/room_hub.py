@@ -33,6 +33,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mediation_rooms import texts
+from mediation_rooms.finalise import enqueue_finalisation
 from mediation_rooms.join_token import JoinTokenError, verify_join_token
 from mediation_rooms.media_session import MediaConfig, RoomMedia
 from mediation_rooms.room import (
@@ -63,6 +64,7 @@ from mediation_rooms.signalling import (
     server_message,
 )
 from state import room_store
+from state.job_queue import JobQueue
 from state.room_store import RoomRecord
 
 log = logging.getLogger(__name__)
@@ -321,6 +323,11 @@ class LiveRoom:
         )
         await self.media.close()
         await self.save()
+        async with self.hub.hub_lock:
+            if self.hub.live_rooms.get(self.room_id) is self:
+                del self.hub.live_rooms[self.room_id]
+        if self.lifecycle.state is RoomState.ENDED and self.hub.jobs is not None:
+            await enqueue_finalisation(self.hub.jobs, self.room_id)
 
     async def chat(self, sender: SeatRole, text: str) -> None:
         """Chat reaches the admitted people in the sender's group: a caucus holds for text too."""
@@ -345,6 +352,7 @@ class RoomHub:
         rooms: RoomService,
         media_config: MediaConfig,
         recordings_dir: Path,
+        jobs: JobQueue | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -353,9 +361,11 @@ class RoomHub:
         self.rooms = rooms
         self.media_config = media_config
         self.recordings_dir = recordings_dir
+        #: Where an ended room's finalisation is queued (none: the recording stays as it is).
+        self.jobs = jobs
         self.clock = clock
         self.live_rooms: dict[str, LiveRoom] = {}
-        self._hub_lock = asyncio.Lock()
+        self.hub_lock = asyncio.Lock()
 
     def live_key(self, room_id: str) -> str:
         return f"{self.prefix}room:{room_id}:live"
@@ -371,7 +381,7 @@ class RoomHub:
         self.live_rooms.clear()
 
     async def _live_room(self, record: RoomRecord) -> LiveRoom:
-        async with self._hub_lock:
+        async with self.hub_lock:
             room = self.live_rooms.get(record.room_id)
             if room is None:
                 raw = await self.redis.get(self.live_key(record.room_id))

@@ -4,9 +4,9 @@
   which browsers never send to a server, so it stays out of access logs and proxies.
 - ``GET /rooms/ws`` — signalling (mediation_rooms/PROTOCOL.md).
 - ``POST /api/rooms`` — open a room for a case (the console's and scripts' way; ``jiefen room
-  open`` does the same from the command line). ``GET /api/rooms/{room_id}`` — a room and its
-  live state. Both need ``Authorization: Bearer <JIEFEN_ADMIN_API_TOKEN>``; without that
-  setting the API answers 403 to everyone.
+  open`` does the same from the command line). ``GET /api/rooms/{room_id}`` — a room, its
+  live state and the progress of its recording's finalisation. Both need ``Authorization:
+  Bearer <JIEFEN_ADMIN_API_TOKEN>``; without that setting the API answers 403 to everyone.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from jiefen.errors import StorageUnavailable
+from mediation_rooms.finalise import RecordingFinaliser
 from mediation_rooms.room import EXTRA_SEATS, SeatRole
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
@@ -34,6 +35,7 @@ def add_room_routes(
     *,
     hub: web.AppKey[RoomHub],
     service: web.AppKey[RoomService],
+    finaliser: web.AppKey[RecordingFinaliser],
     admin_token: str | None,
 ) -> None:
     """Mount the rooms' routes on ``app``; handlers find the hub and service under the keys."""
@@ -105,6 +107,7 @@ def add_room_routes(
                 "scheduled_at": record.scheduled_at.isoformat(),
                 "seats": [{"seat": s.seat, "name": s.person_name} for s in record.seats],
                 "live": json.loads(raw) if raw else None,
+                "recording": await request.app[finaliser].progress(room_id),
             }
         )
 

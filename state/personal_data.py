@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from pathlib import Path
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cases.id_number import is_valid_id_number, mask_id_number
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
+from state.key_files import create_key_file_once
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -147,16 +146,5 @@ def _decode_key(text: str, where: str) -> bytes:
 
 
 def _create_key_file(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="ascii") as file:
-            file.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        # Atomic, and refuses to replace a key another process made meanwhile: theirs wins.
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    key = base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n"
+    create_key_file_once(path, key)

@@ -18,7 +18,7 @@ import av
 import pytest
 
 from mediation_rooms import aiortc_hooks
-from mediation_rooms.forwarding import is_keyframe
+from mediation_rooms.forwarding import Publication, is_keyframe
 from mediation_rooms.media_session import MediaConfig, RoomMedia
 from mediation_rooms.recording import vp8_dimensions
 from mediation_rooms.room import BASE_SEATS, SeatRole, SessionView, Side
@@ -71,6 +71,23 @@ async def room(tmp_path: Path) -> AsyncIterator[Room]:
 
 def test_hooks_match_the_installed_aiortc() -> None:
     aiortc_hooks.check_compatible()
+
+
+def test_a_stall_is_reported_once_while_keyframes_keep_being_asked_for() -> None:
+    class SilentReceiver:
+        """A receiver that has heard from no source yet (so no PLI is actually sent)."""
+
+        def getSynchronizationSources(self) -> list[object]:
+            return []
+
+    publication = Publication("applicant", "video", "VP8")
+    publication._receiver = SilentReceiver()  # type: ignore[assignment]
+    publication.last_arrival = 100.0
+    assert not publication.check_stall(100.5)
+    assert publication.check_stall(101.5)  # a stall begins: reported
+    assert not publication.check_stall(102.0) and not publication.check_stall(105.0)
+    publication.last_arrival = 106.0  # frames came back, then stopped again
+    assert publication.check_stall(107.5)
 
 
 def test_keyframe_detection() -> None:

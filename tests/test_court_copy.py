@@ -1,0 +1,245 @@
+"""The court copy: tiles in seat order, everyone on the room clock, lip-sync measured.
+
+The inputs are written by the real ``TrackRecorder`` (as a live room writes them) from
+synthetic media in which each seat flashes white and beeps at the same known moments; the test
+finds the flashes in the output's tiles and the beeps in its audio and compares the times.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from mediation_rooms.court_copy import (
+    BAR_HEIGHT,
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    CourtCopySpec,
+    recorded_files,
+    render_court_copy,
+)
+from mediation_rooms.forwarding import ForwardedFrame
+from mediation_rooms.recording import RoomClock, TrackFile, TrackRecorder
+
+FPS = 30
+LIVE_SINCE = 1_790_000_000.0  # epoch seconds of room time 0
+
+
+def _record_seat(
+    directory: Path,
+    seat: str,
+    part: int,
+    start_ms: int,
+    seconds: float,
+    events_ms: list[int],
+    size: tuple[int, int] = (640, 480),
+) -> None:
+    """Record one seat's part as the live recorder would: the picture is dark except for
+    100 ms white flashes at ``events_ms`` (room time), the sound silent except for 100 ms
+    beeps at the same moments."""
+    clock = RoomClock(LIVE_SINCE)
+    arrival = clock.started + start_ms / 1000  # room time of the first frame
+    width, height = size
+
+    video_encoder = av.CodecContext.create("libvpx", "w")
+    video_encoder.width, video_encoder.height, video_encoder.pix_fmt = width, height, "yuv420p"
+    video_encoder.time_base = Fraction(1, FPS)
+    video_encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    video_encoder.gop_size = FPS
+    video = TrackRecorder(
+        clock,
+        TrackFile(seat, "video", part, directory / f"{seat}-video-{part:02d}.webm", "VP8"),
+        "VP8",
+        90_000,
+    )
+    for index in range(int(seconds * FPS)):
+        at_ms = start_ms + index * 1000 / FPS
+        lit = any(event <= at_ms < event + 100 for event in events_ms)
+        picture = np.full((height * 3 // 2, width), 128, np.uint8)  # grey chroma
+        picture[:height] = 235 if lit else 40
+        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+        frame.pts = index
+        for packet in video_encoder.encode(frame):
+            video.write(
+                ForwardedFrame(
+                    bytes(packet),
+                    index * 3000,
+                    Fraction(1, 90_000),
+                    packet.is_keyframe,
+                    arrival,
+                )
+            )
+    video.close()
+
+    audio_encoder = av.CodecContext.create("libopus", "w")
+    audio_encoder.sample_rate, audio_encoder.layout, audio_encoder.format = 48_000, "stereo", "s16"
+    audio = TrackRecorder(
+        clock,
+        TrackFile(seat, "audio", part, directory / f"{seat}-audio-{part:02d}.webm", "opus"),
+        "opus",
+        48_000,
+    )
+    samples = 960
+    for index in range(int(seconds * 50)):
+        at_ms = start_ms + index * 20
+        t = (np.arange(samples) + index * samples) / 48_000
+        loud = any(event <= at_ms < event + 100 for event in events_ms)
+        tone = (np.sin(2 * np.pi * 1000 * t) * (20000 if loud else 0)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(tone, 2).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = 48_000, index * samples
+        for packet in audio_encoder.encode(frame):
+            audio.write(
+                ForwardedFrame(bytes(packet), int(packet.pts), Fraction(1, 48_000), True, arrival)
+            )
+    audio.close()
+
+
+def _tile_brightness(path: Path, tiles: int) -> tuple[list[float], list[list[float]]]:
+    """(frame times in ms, per-tile mean luma of the tile's centre) for every output frame."""
+    times: list[float] = []
+    brightness: list[list[float]] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            luma = frame.to_ndarray()[: frame.height]
+            times.append(float(frame.pts * stream.time_base * 1000))
+            centre = luma[TILE_HEIGHT // 4 : TILE_HEIGHT * 3 // 4]
+            brightness.append(
+                [
+                    float(
+                        centre[
+                            :, (4 * i + 1) * TILE_WIDTH // 4 : (4 * i + 3) * TILE_WIDTH // 4
+                        ].mean()
+                    )
+                    for i in range(tiles)
+                ]
+            )
+    return times, brightness
+
+
+def _audio(path: Path) -> tuple[np.ndarray, int]:
+    """(mono samples, the first sample's time in samples) of the output's audio."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        chunks, first = [], None
+        for frame in container.decode(stream):
+            if first is None:
+                first = int(frame.pts * stream.time_base * frame.sample_rate)
+            chunks.append(frame.to_ndarray().mean(axis=0))
+    return np.concatenate(chunks), first or 0
+
+
+def _onsets_ms(values: Any, times_ms: np.ndarray, threshold: float) -> list[float]:
+    """Times at which ``values`` rise through ``threshold``."""
+    above = np.asarray(values) > threshold
+    rising = np.flatnonzero(above[1:] & ~above[:-1]) + 1
+    return [float(times_ms[i]) for i in rising]
+
+
+def test_three_seats_side_by_side_in_sync(tmp_path: Path) -> None:
+    flashes = [1000, 2500, 4000]
+    _record_seat(tmp_path, "mediator", 1, 0, 5, flashes)
+    # The applicant joined late and from a phone held upright.
+    _record_seat(tmp_path, "applicant", 1, 700, 4.3, flashes, size=(480, 640))
+    # The respondent dropped out at 2 s and came back at 3 s (a second part).
+    _record_seat(tmp_path, "respondent", 1, 0, 2.0, flashes)
+    _record_seat(tmp_path, "respondent", 2, 3000, 2.0, flashes)
+    assert [f.path.name for f in recorded_files(tmp_path)] == [
+        "mediator-audio-01.webm",
+        "mediator-video-01.webm",
+        "applicant-audio-01.webm",
+        "applicant-video-01.webm",
+        "respondent-audio-01.webm",
+        "respondent-audio-02.webm",
+        "respondent-video-01.webm",
+        "respondent-video-02.webm",
+    ]
+    progress: list[float] = []
+    output = tmp_path / "court-copy.mp4"
+    result = render_court_copy(
+        CourtCopySpec(tmp_path, output, "JF20261122-0001", LIVE_SINCE, duration_ms=5000),
+        progress.append,
+    )
+    assert result.seats == ("mediator", "applicant", "respondent")
+    assert progress[-1] == 1.0 and progress == sorted(progress)
+    assert not (tmp_path / "court-copy.mp4.partial").exists()
+
+    with av.open(str(output)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (
+            3 * TILE_WIDTH,
+            TILE_HEIGHT + BAR_HEIGHT,
+        )
+        assert container.streams.audio[0].codec_context.name == "aac"
+        assert abs(float(container.duration / av.time_base) - 5.0) < 0.2
+
+    times, brightness = _tile_brightness(output, 3)
+    frame_times = np.asarray(times)
+    # The respondent was away at 2.5 s: their tile has only two flashes.
+    for tile, seen_flashes in enumerate([flashes, flashes, [1000, 4000]]):
+        onsets = _onsets_ms([b[tile] for b in brightness], frame_times, 150)
+        assert len(onsets) == len(seen_flashes), (tile, onsets)
+        for onset, flash in zip(onsets, seen_flashes, strict=True):
+            assert flash <= onset < flash + 1000 / 25 + 1000 / FPS + 1, (tile, onset, flash)
+    # Before the applicant's first frame their tile is the grey "no picture" one; during the
+    # respondent's one-second gap their last picture is held (a gap over 2 s would go grey).
+    assert 55 < brightness[0][1] < 65
+    at_2900 = int(np.searchsorted(frame_times, 2900))
+    assert 30 < brightness[at_2900][2] < 50
+
+    samples, first = _audio(output)
+    sample_times = (np.arange(len(samples)) + first) / 48.0
+    envelope = np.convolve(np.abs(samples), np.ones(96) / 96, mode="same")
+    beeps = _onsets_ms(envelope, sample_times, 0.05)
+    assert len(beeps) == 3, beeps
+    video_onsets = _onsets_ms([max(b) for b in brightness], frame_times, 150)
+    for beep, flash, seen in zip(beeps, flashes, video_onsets, strict=True):
+        assert abs(beep - flash) < 30, (beep, flash)  # audio placed on the room clock
+        assert abs(seen - beep) <= 100, (seen, beep)  # lip-sync
+
+
+def test_a_file_cut_short_by_a_crash_still_renders(tmp_path: Path) -> None:
+    _record_seat(tmp_path, "mediator", 1, 0, 3, [1000])
+    _record_seat(tmp_path, "applicant", 1, 0, 3, [1000])
+    damaged = tmp_path / "applicant-video-01.webm"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])
+    result = render_court_copy(
+        CourtCopySpec(tmp_path, tmp_path / "court.mp4", "JF20261122-0002", LIVE_SINCE, 3000)
+    )
+    assert result.seats == ("mediator", "applicant")
+    with av.open(str(tmp_path / "court.mp4")) as container:
+        assert container.streams.video[0].codec_context.width == 2 * TILE_WIDTH
+
+
+def test_nothing_to_render_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "timeline.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="no recording"):
+        render_court_copy(CourtCopySpec(tmp_path, tmp_path / "x.mp4", "JF1", LIVE_SINCE, 1000))
+
+
+def test_the_child_process_entry_reports_progress_as_json_lines(tmp_path: Path) -> None:
+    _record_seat(tmp_path, "mediator", 1, 0, 2, [])
+    spec = CourtCopySpec(tmp_path, tmp_path / "c.mp4", "JF20261122-0003", LIVE_SINCE, 2000)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json(), encoding="utf-8")
+    assert CourtCopySpec.from_json(spec.to_json()) == spec
+    run = subprocess.run(
+        [sys.executable, "-m", "mediation_rooms.court_copy", str(spec_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert lines[-2] == {"progress": 1.0}
+    assert lines[-1]["done"] == str(tmp_path / "c.mp4") and lines[-1]["video_frames"] == 50
