@@ -121,6 +121,20 @@ def _parser() -> argparse.ArgumentParser:
     webhook.add_argument("--mode", choices=["plain", "compat", "safe"], default="safe")
     webhook.add_argument("--json", action="store_true", help="print the figures as JSON")
     webhook.set_defaults(handler=_bench_webhook)
+    rooms = bench_commands.add_parser(
+        "rooms", help="three-party video rooms with recording against a `jiefen serve` process"
+    )
+    rooms.add_argument("--rooms", type=int, default=1, help="rooms of three participants")
+    rooms.add_argument("--seconds", type=float, default=20.0, help="length of the measured window")
+    rooms.add_argument("--redis-url", help="use this Redis (default: the in-process stand-in)")
+    rooms.add_argument(
+        "--database-url",
+        help="the server's SQLAlchemy database URL; the cases and rooms stay in it "
+        "(default: SQLite in the temporary data directory)",
+    )
+    rooms.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    rooms.add_argument("--json", action="store_true", help="print the figures as JSON")
+    rooms.set_defaults(handler=_bench_rooms)
     return parser
 
 
@@ -466,6 +480,24 @@ def _bench_webhook(settings: Settings, args: argparse.Namespace) -> int:
     from bot.bench_webhook import run_benchmark
 
     return run_benchmark(settings, args)
+
+
+def _bench_rooms(settings: Settings, args: argparse.Namespace) -> int:
+    from mediation_rooms.bench_rooms import BenchOptions, run_benchmark
+
+    try:
+        options = BenchOptions(
+            rooms=args.rooms,
+            seconds=args.seconds,
+            redis_url=args.redis_url,
+            database_url=args.database_url,
+            keep=args.keep,
+            event_loop=settings.event_loop,
+        )
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return run_benchmark(options, as_json=args.json, loop_factory=lambda: new_event_loop(settings))
 
 
 if __name__ == "__main__":
