@@ -245,6 +245,9 @@ class RoomMedia:
             for publication in self.publications.values():
                 if publication.connected:
                     self.recording.record(publication)
+                    # A file opens on a keyframe: ask for one now rather than lose the
+                    # seconds until the publisher's next one.
+                    publication.request_keyframe()
         return self.recording
 
     async def close(self) -> None:
