@@ -107,6 +107,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Strict: only the canonical unpadded encoding of some bytes is accepted, so that one
+    token has exactly one spelling (no stray characters, no altered padding bits)."""
     if not text.isascii():
         raise ValueError("not ascii")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(data) != text:
+        raise ValueError("not the canonical encoding")
+    return data

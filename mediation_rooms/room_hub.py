@@ -9,8 +9,9 @@ people admitted, the recording continued on the same room clock (in new file par
 
 Who gets in (checked in :meth:`RoomHub.join`, in this order): a valid join token for this
 room; the seat's current nonce (a re-issued link revokes the old one); a room that has not
-ended; the identity re-check answer, where the seat has one (five wrong answers close the
-connection); the two consents (notices read, recording agreed) for everyone but the mediator.
+ended; the identity re-check answer, where the seat has one (five wrong answers for a seat,
+over any number of connections, lock it for half an hour: the count is in Redis); the two
+consents (notices read, recording agreed) for everyone but the mediator.
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ from mediation_rooms.signalling import (
 )
 from state import room_store
 from state.job_queue import JobQueue
-from state.room_store import RoomRecord
+from state.room_store import RoomRecord, SeatRecord
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 15.0
 MAX_IDENTITY_ATTEMPTS = 5
+#: A seat whose identity check failed ``MAX_IDENTITY_ATTEMPTS`` times is locked this long after
+#: the last failure. Counted per seat in Redis, not per connection: a client can always open a
+#: new connection, and the answer (6 characters) must not be guessable by retrying.
+IDENTITY_LOCKOUT_S = 30 * 60
 LIVE_STATE_TTL_S = 24 * 3600
 
 # WebSocket close codes (4000–4999 are the application's): the page shows why.
@@ -449,6 +454,28 @@ class RoomHub:
                     return None, None
                 await self._error(ws, error)
 
+    async def _check_identity(
+        self, record: RoomRecord, seat_record: SeatRecord, answer: str
+    ) -> None:
+        """Compare the identity answer with the seat's digest, counting failures per seat."""
+        failures_key = f"{self.prefix}room:{record.room_id}:seat:{seat_record.seat}:id_failures"
+        if int(await self.redis.get(failures_key) or 0) >= MAX_IDENTITY_ATTEMPTS:
+            raise _refusal("too_many_attempts")
+        digest = self.rooms.identity_digest(
+            record.room_id, seat_record.seat, seat_record.identity_check or "", answer
+        )
+        if hmac.compare_digest(digest, seat_record.identity_digest or ""):
+            await self.redis.delete(failures_key)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(failures_key)
+            pipe.expire(failures_key, IDENTITY_LOCKOUT_S)
+            failures, _ = await pipe.execute()
+        log.warning("room %s: wrong identity answer for %s", record.room_id, seat_record.seat)
+        if int(failures) >= MAX_IDENTITY_ATTEMPTS:
+            raise _refusal("too_many_attempts")
+        raise ProtocolError("identity_mismatch", texts.REFUSALS["identity_mismatch"])
+
     async def join(self, ws: web.WebSocketResponse, join: Join) -> tuple[LiveRoom, Attendee]:
         try:
             claims = verify_join_token(
@@ -468,11 +495,7 @@ class RoomHub:
         if seat_record.identity_digest is not None:
             if not join.identity:
                 raise ProtocolError("identity_required", texts.REFUSALS["identity_required"])
-            digest = self.rooms.identity_digest(
-                record.room_id, seat.value, seat_record.identity_check or "", join.identity
-            )
-            if not hmac.compare_digest(digest, seat_record.identity_digest):
-                raise ProtocolError("identity_mismatch", texts.REFUSALS["identity_mismatch"])
+            await self._check_identity(record, seat_record, join.identity)
         if seat != SeatRole.MEDIATOR and not (join.consent_recording and join.acknowledged_notices):
             raise ProtocolError("consent_required", texts.REFUSALS["consent_required"])
         room = await self._live_room(record)

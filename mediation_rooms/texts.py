@@ -14,7 +14,7 @@ REFUSALS: dict[str, str] = {
     "room_closed": "本次调解已经结束，链接不能再使用。",
     "identity_required": "请输入身份核验信息后再进入。",
     "identity_mismatch": "身份核验没有通过，请检查后重新输入。",
-    "too_many_attempts": "身份核验错误次数太多，请联系调解员。",
+    "too_many_attempts": "身份核验错误次数太多，请半小时后再试，或联系调解员。",
     "consent_required": "请先阅读须知，并勾选同意录音录像，才能进入调解室。",
     "join_first": "请先进入调解室。",
     "forbidden": "只有调解员可以进行这个操作。",

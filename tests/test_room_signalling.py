@@ -311,6 +311,18 @@ async def test_refusals_are_clear_and_malformed_messages_do_not_break_the_socket
     no_consent = await connect(applicant_token, identity=ID_NUMBER[-6:], consent=False)
     assert (await no_consent.next("error"))["code"] == "consent_required"
 
+    # Wrong identity answers are counted per seat, not per connection: a new connection for
+    # each guess does not get round the limit, and once locked the right answer is refused too.
+    for _ in range(4):
+        guess = await connect(applicant_token, identity="000000")
+        assert (await guess.next("error"))["code"] == "identity_mismatch"
+        await guess.close()
+    assert (await (await connect(applicant_token, identity="111111")).next("error"))[
+        "code"
+    ] == "too_many_attempts"
+    locked = await connect(applicant_token, identity=ID_NUMBER[-6:])
+    assert (await locked.next("error"))["code"] == "too_many_attempts"
+
     mediator = await connect(token_of(links["mediator"]))
     await mediator.next("welcome")
     await mediator.ws.send_str("{not json")
