@@ -12,16 +12,36 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 REDIS_URL = os.environ.get("JIEFEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_ADMIN_URL = os.environ.get(
     "JIEFEN_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 SERVICES_REQUIRED = bool(os.environ.get("CI") or os.environ.get("JIEFEN_REQUIRE_SERVICES"))
+#: Debian's Chromium (the real binary, not the /usr/bin/chromium wrapper script); Playwright's own
+#: browser download does not work on these machines.
+CHROMIUM = Path(os.environ.get("JIEFEN_TEST_CHROMIUM", "/usr/lib/chromium/chromium"))
+#: Flags known to work here: no sandbox or GPU in the containers, no traffic to Google, and a
+#: fake camera and microphone (a test pattern and a beep) granted without a permission prompt.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+)
 
 
 def _service_missing(what: str, error: BaseException) -> None:
@@ -85,3 +105,24 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Run the test once on PostgreSQL and once on SQLite."""
     fixture = "pg_database_url" if request.param == "postgresql" else "sqlite_database_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium with a fake camera and microphone, driven by Playwright's async API.
+
+    Missing Chromium fails the test under CI (``.ci/run`` installs it) and skips it otherwise.
+    """
+    if not os.access(CHROMIUM, os.X_OK):
+        message = f"Chromium is missing ({CHROMIUM}); .ci/run installs it, see DESIGN.md 'Services'"
+        if SERVICES_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright  # only the browser tests need it
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=list(CHROMIUM_ARGS)
+        )
+        yield launched
+        await launched.close()

@@ -3,12 +3,22 @@
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
-  var token = decodeURIComponent((location.hash || "").replace(/^#/, ""));
+  var token = "";
+  // A mangled link (a broken %-escape) must reach the "链接不完整" page, not stop the script.
+  try { token = decodeURIComponent((location.hash || "").replace(/^#/, "")); } catch (e) { token = ""; }
   var state = { ws: null, pc: null, stream: null, seat: null, tracks: [], ended: false,
                 joinMessage: null, retries: 0, presence: null, iceServers: [] };
   var SEAT_NAMES = { mediator: "调解员", applicant: "申请人", respondent: "被申请人",
                      interpreter: "翻译", applicant_agent: "申请人代理人", respondent_agent: "被申请人代理人" };
   var CLOSE_FINAL = { 4401: true, 4403: true, 4409: true, 4410: true };
+  // Debug handle, read-only, for tests and support (the browser console): the live
+  // RTCPeerConnection, the offer's track list (mid -> seat, kind, direction) and this page's seat.
+  // Nothing on the page reads it.
+  window.jiefenRoom = {
+    get pc() { return state.pc; },
+    get tracks() { return state.tracks; },
+    get seat() { return state.seat; }
+  };
 
   function show(step) {
     ["step-consent", "step-devices", "step-waiting", "step-room", "step-closed"].forEach(function (id) {
@@ -62,6 +72,9 @@
   }
   function checkDevices() {
     var status = $("device-status");
+    // Back here after a refused identity: release the camera first (phones cannot open it twice).
+    $("enter").disabled = true;
+    if (state.stream) { state.stream.getTracks().forEach(function (t) { t.stop(); }); state.stream = null; }
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       status.textContent = deviceError(null); status.className = "message error"; return;
     }
@@ -108,9 +121,11 @@
     var ws = new WebSocket(scheme + location.host + "/rooms/ws");
     state.ws = ws;
     ws.onopen = function () { send(state.joinMessage); };
-    ws.onmessage = function (event) { handle(JSON.parse(event.data)); };
+    // Only the current socket speaks for the page: one given up on (a refused identity) must
+    // neither reconnect nor act on late messages, or it comes back as a "second device".
+    ws.onmessage = function (event) { if (ws === state.ws) handle(JSON.parse(event.data)); };
     ws.onclose = function (event) {
-      if (state.ended || CLOSE_FINAL[event.code]) return;
+      if (ws !== state.ws || state.ended || CLOSE_FINAL[event.code]) return;
       // The network dropped: reconnect with the same join; an admitted seat goes straight back in.
       state.retries += 1;
       notice("网络中断，正在重新连接……");
@@ -139,7 +154,7 @@
               message.code === "consent_required") {
             show("step-consent");
             $("consent-message").textContent = message.message; $("consent-message").className = "message error";
-            if (state.ws) { state.ended = true; state.ws.close(); state.ended = false; }
+            if (state.ws) { var old = state.ws; state.ws = null; old.close(); }
             return;
           }
           closed("无法进入", message.message);
