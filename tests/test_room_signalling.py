@@ -289,7 +289,8 @@ async def test_refusals_are_clear_and_malformed_messages_do_not_break_the_socket
     applicant_token = token_of(links["applicant"])
     payload, signature = applicant_token.split(".")
 
-    forged = await connect(payload + "." + signature[::-1])
+    # Another signature, still canonically encoded (its last character's padding bits intact).
+    forged = await connect(payload + "." + ("B" if signature[0] == "A" else "A") + signature[1:])
     assert (await forged.next("error"))["code"] == "forged"
     await forged.ws.receive()
     assert forged.ws.close_code == CLOSE_REFUSED
