@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -113,19 +113,40 @@ class BackgroundJobs:
             self._max_runtime_s[kind] = max_runtime_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set. A failing job never stops the loop."""
-        while not stop.is_set():
-            try:
-                worked = await self.run_once()
-            except Exception:
-                log.exception("job queue unavailable; retrying shortly")
-                worked = False
-            if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self._idle_poll_s)
+        """Work until ``stop`` is set. A failing job never stops the loop.
 
-    async def run_once(self) -> bool:
-        """Claim and run one due job; ``False`` when none was due."""
+        Jobs of a kind registered with ``max_runtime_s`` (long ones, such as rendering a
+        recording) run as tasks beside the loop, so they do not hold up the short ones (a
+        resident's reply waiting in the outbox). At ``stop`` they are cancelled; their lease
+        runs out and another worker takes them over.
+        """
+        long_running: set[asyncio.Task[None]] = set()
+
+        def spawn(work: Coroutine[Any, Any, None]) -> None:
+            task = asyncio.create_task(work)
+            long_running.add(task)
+            task.add_done_callback(long_running.discard)
+
+        try:
+            while not stop.is_set():
+                try:
+                    worked = await self.run_once(spawn=spawn)
+                except Exception:
+                    log.exception("job queue unavailable; retrying shortly")
+                    worked = False
+                if not worked:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self._idle_poll_s)
+        finally:
+            for task in long_running:
+                task.cancel()
+            await asyncio.gather(*long_running, return_exceptions=True)
+
+    async def run_once(
+        self, *, spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
+    ) -> bool:
+        """Claim and run one due job; ``False`` when none was due. With ``spawn``, a long job
+        is handed to it to run in the background instead of being awaited here."""
         async with asyncio.timeout(_REDIS_TIMEOUT_S):
             job = await self._jobs.claim()
         if job is None:
@@ -134,6 +155,13 @@ class BackgroundJobs:
         if handler is None:
             await self._jobs.bury(job, error=f"no handler for kind {job.kind!r}")
             return True
+        if spawn is not None and job.kind in self._max_runtime_s:
+            spawn(self._run(job, handler))
+        else:
+            await self._run(job, handler)
+        return True
+
+    async def _run(self, job: Job, handler: Callable[[Job], Awaitable[bool]]) -> None:
         try:
             # Past its lease the job is another worker's anyway; this also ends a handler stuck
             # on a half-open connection. Long jobs renew the lease and have their own limit.
@@ -146,7 +174,6 @@ class BackgroundJobs:
             if not settled:
                 async with asyncio.timeout(_REDIS_TIMEOUT_S):
                     await self._jobs.complete(job)
-        return True
 
     async def _fail(self, job: Job, error: Exception) -> None:
         permanent = isinstance(error, PermanentJobError) or (

@@ -282,7 +282,11 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mediation_rooms.manifest import verify_recording
-    from state.signing_key import load_or_create_signing_key, public_key_from_pem
+    from state.signing_key import (
+        load_or_create_signing_key,
+        public_key_from_pem,
+        signing_key_path,
+    )
 
     if args.public_key:
         try:
@@ -290,9 +294,15 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             print(f"cannot read the public key {args.public_key}: {error}", file=sys.stderr)
             return 2
-    else:
+    elif signing_key_path(settings).exists():
         public_key = load_or_create_signing_key(settings).public_key
-    result = verify_recording(Path(args.directory), public_key)
+    else:
+        print("no signing key on this machine: pass --public-key PEM", file=sys.stderr)
+        return 2
+    directory = Path(args.directory)
+    # Room directories are named by their room: a manifest of another room does not pass.
+    room_id = directory.resolve().name if directory.resolve().name.startswith("rm") else None
+    result = verify_recording(directory, public_key, room_id)
     if result.ok:
         assert result.manifest is not None
         print(

@@ -21,7 +21,7 @@ watches. It is rendered after the session, as a background job, from those files
   browser or player and streams with HTTP range requests.
 - **Robustness**: a file cut short by a crash renders up to its last good frame; a packet that
   does not decode is skipped. Nothing is written under the final name until rendering is
-  complete (``<name>.partial`` then a rename).
+  complete (a hidden partial file of this render, then a rename).
 
 Run as ``python -m mediation_rooms.court_copy SPEC.json``: it renders the spec and prints one
 JSON line ``{"progress": 0.0…1.0}`` at most every half second on stdout, then ``{"done": …}``.
@@ -31,10 +31,13 @@ takes the CPU that live rooms forward media with.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -159,7 +162,7 @@ def _decoded(parts: list[Path], kind: str) -> Iterator[tuple[int, Any]]:
     for path in parts:
         try:
             container = av.open(str(path))
-        except (av.FFmpegError, OSError) as error:
+        except Exception as error:  # a damaged file can fail in many ways inside PyAV
             log.warning("court copy: cannot open %s: %s", path, error)
             continue
         with container:
@@ -168,12 +171,11 @@ def _decoded(parts: list[Path], kind: str) -> Iterator[tuple[int, Any]]:
                 continue
             stream = streams[0]
             time_base = stream.time_base or Fraction(1, 1000)
+            # The demuxer ends with an empty packet, which flushes the frames the decoder holds.
             for packet in container.demux(stream):
-                if packet.size == 0 and packet.pts is None:
-                    continue  # the demuxer's end-of-stream marker
                 try:
                     frames: list[Any] = packet.decode()
-                except av.FFmpegError as error:
+                except Exception as error:
                     log.warning("court copy: %s: undecodable packet skipped: %s", path, error)
                     continue
                 for frame in frames:
@@ -389,7 +391,9 @@ def render_court_copy(
     )
 
     spec.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = spec.output.with_name(spec.output.name + ".partial")
+    # Each render has its own partial file: two renders of one room (a retry racing a slow
+    # first attempt) must never write into one file. Hidden, so no manifest lists it.
+    partial = spec.output.with_name(f".{spec.output.name}.{os.getpid()}.partial")
     total_frames = max(1, math.ceil(spec.duration_ms * spec.fps / 1000))
     total_samples = spec.duration_ms * SAMPLE_RATE // 1000
     container = av.open(str(partial), "w", format="mp4", options={"movflags": "+faststart"})
@@ -442,11 +446,12 @@ def render_court_copy(
                 progress(index / total_frames)
         container.mux(video.encode(None))
         container.mux(audio.encode(None))
+        container.close()  # writes the index (and moves it to the front): can fail too
     except BaseException:
-        container.close()
+        with contextlib.suppress(Exception):
+            container.close()
         partial.unlink(missing_ok=True)
         raise
-    container.close()
     partial.replace(spec.output)
     if progress is not None:
         progress(1.0)
@@ -480,6 +485,21 @@ def _bar_text(spec: CourtCopySpec, at_ms: int) -> str:
     )
 
 
+def _exit_with_parent() -> None:
+    """On Linux, have the kernel end this renderer when the worker that started it dies (a
+    killed worker must not leave a render running that a retry then races)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("court copy: cannot tie the renderer to its parent's life")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child-process entry: render the spec file named on the command line (see module doc)."""
     args = sys.argv[1:] if argv is None else argv
@@ -489,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if hasattr(os, "nice"):
         os.nice(10)  # behind live media on a shared machine
+    _exit_with_parent()
 
     def report(fraction: float) -> None:
         print(json.dumps({"progress": round(fraction, 4)}), flush=True)

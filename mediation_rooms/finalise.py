@@ -34,7 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jiefen.errors import PermanentJobError
+from jiefen.errors import JiefenError, PermanentJobError
 from mediation_rooms.court_copy import CourtCopySpec, recorded_files, seat_rank
 from mediation_rooms.manifest import (
     MANIFEST_FORMAT,
@@ -43,6 +43,7 @@ from mediation_rooms.manifest import (
     file_entry,
     listed_files,
     read_timeline,
+    verify_recording,
     write_signed_manifest,
 )
 from mediation_rooms.room import RoomLifecycle, RoomState
@@ -57,7 +58,7 @@ JOB_FINALISE_RECORDING = "recording.finalise"
 COURT_COPY_NAME = "court-copy.mp4"
 #: Progress is kept this long after the job (seconds), for whoever looks at the room.
 PROGRESS_TTL_S = 7 * 24 * 3600
-#: Renew the job's lease at most this often while rendering.
+#: Renew the job's lease this often while finalising (well inside the queue's lease).
 KEEP_ALIVE_EVERY_S = 5.0
 #: A job that runs this long is stopped (its lease renewals end and another worker retries).
 MAX_RUNTIME_S = 6 * 3600
@@ -65,11 +66,12 @@ MAX_RUNTIME_S = 6 * 3600
 ProgressCallback = Callable[[str, float], None]
 
 
-class RenderFailed(RuntimeError):
-    """The court copy could not be rendered; carries the renderer's last error output."""
+class RenderFailed(JiefenError):
+    """The court copy could not be rendered (carries the renderer's last error output), or
+    its inputs are not there yet: worth retrying."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(JiefenError):
     """Another worker owns the job now: this one stops without touching anything further."""
 
 
@@ -125,16 +127,40 @@ class RecordingFinaliser:
         )
 
     async def run_job(self, job: Job, jobs: JobQueue) -> bool:
-        """The queue's handler: finalise, renewing the lease meanwhile (settled by the caller)."""
+        """The queue's handler: finalise while a heartbeat renews the lease (every
+        ``KEEP_ALIVE_EVERY_S``); the work stops the moment the job is another worker's."""
+        work = asyncio.ensure_future(
+            self.finalise(str(job.payload["room_id"]), keep_alive=lambda: jobs.extend(job))
+        )
+        lost = False
 
-        async def keep_alive() -> bool:
-            return await jobs.extend(job)
+        async def heartbeat() -> None:
+            nonlocal lost
+            while not work.done():
+                await asyncio.sleep(KEEP_ALIVE_EVERY_S)
+                try:
+                    still_ours = await jobs.extend(job)
+                except Exception:
+                    log.warning("finalising %s: lease renewal failed; retrying", job.payload)
+                    continue
+                if not still_ours:
+                    lost = True
+                    work.cancel()
+                    return
 
+        beat = asyncio.create_task(heartbeat())
         try:
-            await self.finalise(str(job.payload["room_id"]), keep_alive=keep_alive)
-        except LeaseLost:
+            await work
+        except asyncio.CancelledError:
+            if not lost:
+                raise
             log.warning("finalising %s: another worker took the job over", job.payload)
             return True  # not ours to settle any more
+        except LeaseLost:
+            log.warning("finalising %s: another worker took the job over", job.payload)
+            return True
+        finally:
+            beat.cancel()
         return False
 
     async def finalise(
@@ -159,12 +185,34 @@ class RecordingFinaliser:
             )
         if state is not RoomState.ENDED:
             raise PermanentJobError(f"room {room_id} is {state.value}, not ended")
+        if record.live_at is not None and not (directory / TIMELINE_NAME).exists():
+            # It went live, so its recording exists somewhere: not (yet) on this host's storage.
+            raise RenderFailed(f"the recording of {room_id} is not in {self._recordings_dir}")
         directory.mkdir(parents=True, exist_ok=True)
 
         async def progress(stage: str, fraction: float) -> None:
             if on_progress is not None:
                 on_progress(stage, fraction)
-            await self._report(room_id, stage, fraction)
+            try:
+                await self._report(room_id, stage, fraction)
+            except Exception:  # progress is for people watching; the work goes on
+                log.warning("room %s: could not store finalisation progress", room_id)
+
+        # A previous attempt sealed it and stopped before archiving: archive what it sealed.
+        if (directory / MANIFEST_NAME).exists():
+            sealed = await asyncio.to_thread(
+                verify_recording, directory, self._key.public_key, room_id
+            )
+            if sealed.ok and sealed.manifest is not None:
+                await self._archive(room_id, state, len(sealed.manifest["files"]), on_progress)
+                existing = directory / COURT_COPY_NAME
+                return Finalised(
+                    room_id,
+                    directory,
+                    sealed.manifest,
+                    existing if existing.exists() else None,
+                    True,
+                )
 
         await progress("rendering", 0.0)
         timeline = await asyncio.to_thread(read_timeline, directory / TIMELINE_NAME)
@@ -182,7 +230,7 @@ class RecordingFinaliser:
                 fps=self._fps,
                 font_file=self._font_file,
             )
-            await self._render(spec, progress, keep_alive)
+            await self._render(spec, progress)
             court_copy = spec.output
 
         await progress("sealing", 1.0)
@@ -194,27 +242,32 @@ class RecordingFinaliser:
             raise LeaseLost(room_id)
         await asyncio.to_thread(write_signed_manifest, directory, manifest, self._key)
 
+        await self._archive(room_id, state, len(entries), on_progress)
+        log.info("room %s: recording finalised (%d files)", room_id, len(entries))
+        return Finalised(room_id, directory, manifest, court_copy, True)
+
+    async def _archive(
+        self, room_id: str, state: RoomState, files: int, on_progress: ProgressCallback | None
+    ) -> None:
+        """The recording is sealed: ``ended`` → ``archived`` (checked by the lifecycle rules)."""
         RoomLifecycle(room_id, state).set_state(RoomState.ARCHIVED)
-        await room_store.set_room_state(
+        moved = await room_store.set_room_state(
             self._db,
             room_id,
             expected=RoomState.ENDED.value,
             new=RoomState.ARCHIVED.value,
             now=datetime.now(UTC),
         )
-        await self._report(room_id, "archived", 1.0, files=len(entries))
+        if not moved:
+            log.warning("room %s was archived meanwhile by another finaliser", room_id)
+        await self._report(room_id, "archived", 1.0, files=files)
         if on_progress is not None:
             on_progress("archived", 1.0)
-        log.info("room %s: recording finalised (%d files)", room_id, len(entries))
-        return Finalised(room_id, directory, manifest, court_copy, True)
 
     async def _render(
-        self,
-        spec: CourtCopySpec,
-        progress: Callable[[str, float], Awaitable[None]],
-        keep_alive: Callable[[], Awaitable[bool]] | None,
+        self, spec: CourtCopySpec, progress: Callable[[str, float], Awaitable[None]]
     ) -> None:
-        """Run the renderer in a child process, relaying its progress and renewing the lease."""
+        """Run the renderer in a child process, relaying its progress."""
         descriptor, spec_path = tempfile.mkstemp(prefix="court-copy-", suffix=".json")
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(spec.to_json())
@@ -229,21 +282,14 @@ class RecordingFinaliser:
         errors = asyncio.create_task(_read_tail(child.stderr))
         try:
             assert child.stdout is not None
-            last_kept = time.monotonic()
             async with asyncio.timeout(MAX_RUNTIME_S):
                 async for line in child.stdout:
                     try:
                         message = json.loads(line)
                     except json.JSONDecodeError:
                         continue
-                    if "progress" not in message:
-                        continue
-                    await progress("rendering", float(message["progress"]))
-                    due = time.monotonic() - last_kept >= KEEP_ALIVE_EVERY_S
-                    if keep_alive is not None and due:
-                        last_kept = time.monotonic()
-                        if not await keep_alive():
-                            raise LeaseLost(spec.directory.name)
+                    if "progress" in message:
+                        await progress("rendering", float(message["progress"]))
                 returncode = await child.wait()
         finally:
             if child.returncode is None:

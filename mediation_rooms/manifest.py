@@ -101,9 +101,9 @@ def summarise_media(path: Path) -> MediaSummary:
                     frames += 1
                     first = ms if first is None else min(first, ms)
                     last = ms if last is None else max(last, ms)
-            except av.FFmpegError as error:
+            except Exception as error:  # a damaged file can fail in many ways inside PyAV
                 log.warning("%s: damaged after %d packets: %s", path, frames, error)
-    except (av.FFmpegError, OSError) as error:
+    except Exception as error:
         log.warning("%s: unreadable: %s", path, error)
     return MediaSummary(codec, frames, first, last)
 
@@ -178,8 +178,12 @@ class Verification:
         return self.manifest is not None and not self.problems
 
 
-def verify_recording(directory: Path, public_key: Ed25519PublicKey) -> Verification:
-    """Check the signature, then every listed file's size and digest, then for extra files."""
+def verify_recording(
+    directory: Path, public_key: Ed25519PublicKey, room_id: str | None = None
+) -> Verification:
+    """Check the signature, that the manifest is of the expected format and of ``room_id``
+    (when given: a whole directory of another session must not pass for this one), every
+    listed file's size and digest, and for files it does not list."""
     result = Verification()
     try:
         data = (directory / MANIFEST_NAME).read_bytes()
@@ -192,6 +196,10 @@ def verify_recording(directory: Path, public_key: Ed25519PublicKey) -> Verificat
         return result
     manifest = json.loads(data)
     result.manifest = manifest
+    if manifest.get("format") != MANIFEST_FORMAT:
+        result.problems.append(f"unknown manifest format {manifest.get('format')!r}")
+    if room_id is not None and manifest.get("room_id") != room_id:
+        result.problems.append(f"the manifest is of room {manifest.get('room_id')}, not {room_id}")
     if manifest.get("signing_key_id") != key_id_of(public_key):
         result.problems.append("the manifest names a different signing key")
     listed = {entry["name"]: entry for entry in manifest.get("files", [])}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -62,18 +63,22 @@ class SigningKey:
         ).decode("ascii")
 
 
+def signing_key_path(settings: Settings) -> Path:
+    """``settings.signing_key_file``, else ``data_dir/keys/signing-ed25519.pem``."""
+    return settings.signing_key_file or settings.data_dir / "keys" / "signing-ed25519.pem"
+
+
 def load_or_create_signing_key(settings: Settings) -> SigningKey:
-    """``settings.signing_key_file``, else ``data_dir/keys/signing-ed25519.pem`` (made once)."""
-    path = settings.signing_key_file
-    if path is None:
-        path = settings.data_dir / "keys" / "signing-ed25519.pem"
-        if not path.exists():
-            new_key = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            create_key_file_once(path, new_key)
+    """The key at :func:`signing_key_path`; the default file is created on first use (a
+    configured ``signing_key_file`` must exist)."""
+    path = signing_key_path(settings)
+    if settings.signing_key_file is None and not path.exists():
+        new_key = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        create_key_file_once(path, new_key)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as error:

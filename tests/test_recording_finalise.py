@@ -29,6 +29,7 @@ from jiefen.errors import PermanentJobError
 from mediation_rooms.finalise import (
     JOB_FINALISE_RECORDING,
     RecordingFinaliser,
+    RenderFailed,
     enqueue_finalisation,
 )
 from mediation_rooms.manifest import MANIFEST_NAME, SIGNATURE_NAME, verify_recording
@@ -74,7 +75,8 @@ def finaliser(
 
 
 async def ended_room(db: AsyncEngine, recordings: Path, *, record: bool = True) -> str:
-    """A room of a new case that went live and ended, with two seconds recorded per seat."""
+    """A room of a new case that went live and ended, with two seconds recorded per seat
+    (without ``record``: called off before it went live)."""
     created = await file_case(db, submission_key=f"k-{datetime.now().timestamp()}")
     room_id = room_store.new_room_id()
     await room_store.create_room(
@@ -94,7 +96,8 @@ async def ended_room(db: AsyncEngine, recordings: Path, *, record: bool = True) 
         state="scheduled",
         now=NOW,
     )
-    for old, new in (("scheduled", "open"), ("open", "live"), ("live", "ended")):
+    steps = (("scheduled", "open"), ("open", "live"), ("live", "ended"))
+    for old, new in steps if record else (("scheduled", "ended"),):
         assert await room_store.set_room_state(db, room_id, expected=old, new=new, now=NOW)
     if record:
         directory = recordings / room_id
@@ -153,6 +156,16 @@ async def test_an_ended_room_is_rendered_signed_and_archived_once(
     again = await finaliser.finalise(room_id)
     assert not again.done_now and (done.directory / MANIFEST_NAME).read_bytes() == signed
 
+    # Sealed but not archived (a crash in between): the retry archives what was sealed, and
+    # neither renders nor signs again.
+    assert await room_store.set_room_state(db, room_id, expected="archived", new="ended", now=NOW)
+    court_copy_written = (done.directory / "court-copy.mp4").stat().st_mtime_ns
+    resumed = await finaliser.finalise(room_id)
+    assert resumed.done_now and (done.directory / MANIFEST_NAME).read_bytes() == signed
+    assert (done.directory / "court-copy.mp4").stat().st_mtime_ns == court_copy_written
+    room = await room_store.get_room(db, room_id)
+    assert room is not None and room.state == "archived"
+
 
 async def test_a_room_that_never_went_live_is_archived_with_an_empty_manifest(
     db: AsyncEngine, finaliser: RecordingFinaliser, signing_key: SigningKey, tmp_path: Path
@@ -161,6 +174,18 @@ async def test_a_room_that_never_went_live_is_archived_with_an_empty_manifest(
     done = await finaliser.finalise(room_id)
     assert done.court_copy is None and done.manifest["files"] == []
     assert verify_recording(done.directory, signing_key.public_key).ok
+
+
+async def test_a_live_room_whose_recording_is_not_here_is_retried_not_sealed_empty(
+    db: AsyncEngine, finaliser: RecordingFinaliser, tmp_path: Path
+) -> None:
+    room_id = await ended_room(db, tmp_path / "recordings")
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "recordings" / room_id).rename(moved)
+    with pytest.raises(RenderFailed, match="is not in"):
+        await finaliser.finalise(room_id)
+    room = await room_store.get_room(db, room_id)
+    assert room is not None and room.state == "ended"
 
 
 async def test_unknown_and_unfinished_rooms_are_permanent_errors(
@@ -192,6 +217,9 @@ async def test_verification_names_every_problem(
     other_key = Ed25519PrivateKey.generate().public_key()
     assert verify_recording(directory, other_key).problems == [
         "the signature does not match (altered, or signed by another key)"
+    ]
+    assert verify_recording(directory, signing_key.public_key, "rm_other").problems == [
+        f"the manifest is of room {directory.name}, not rm_other"
     ]
     (directory / "mediator-video-01.webm").unlink()
     (directory / "extra.webm").write_bytes(b"added later")
