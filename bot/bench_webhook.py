@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,11 +260,18 @@ def _start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
-async def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+class ServerNotReady(RuntimeError):
+    """A server started for a benchmark or a test exited, or never answered ``/healthz``."""
+
+
+async def wait_until_healthy(url: str, exited: Callable[[], bool], *, timeout_s: float) -> None:
+    """Poll ``url/healthz`` until it answers 200; ``ServerNotReady`` when ``exited()`` turns
+    true first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{_tail(log)}")
+        while time.monotonic() < deadline:
+            if exited():
+                raise ServerNotReady(f"the server at {url} exited early")
             try:
                 async with session.get(f"{url}/healthz") as response:
                     if response.status == 200:
@@ -271,7 +279,14 @@ async def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) ->
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"server at {url} did not become healthy:\n{_tail(log)}")
+    raise ServerNotReady(f"the server at {url} did not become healthy")
+
+
+async def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    try:
+        await wait_until_healthy(url, lambda: server.poll() is not None, timeout_s=30)
+    except ServerNotReady as error:
+        raise ServerNotReady(f"{error}:\n{_tail(log)}") from None
 
 
 def _tail(log: Path) -> str:

@@ -41,7 +41,7 @@ import av
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from bot.bench_webhook import free_port
+from bot.bench_webhook import ServerNotReady, free_port, wait_until_healthy
 from cases.draft import CaseDraft, Category, LanguageNeed, MediationMode, Place
 from config.routing import load_routing_table
 from mediation_rooms.synthetic_peer import Clip, ReplayTrack, SyntheticPeer, synthetic_clip
@@ -287,19 +287,11 @@ class _Server:
             )
         finally:
             os.close(log)
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.process.returncode is not None:
-                    raise BenchError(f"jiefen serve exited early:\n{self.tail()}")
-                try:
-                    async with session.get(f"{self.url}/healthz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise BenchError(f"jiefen serve did not become healthy:\n{self.tail()}")
+        process = self.process
+        try:
+            await wait_until_healthy(self.url, lambda: process.returncode is not None, timeout_s=60)
+        except ServerNotReady as error:
+            raise BenchError(f"{error}:\n{self.tail()}") from None
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; deletes the Redis keys of a real Redis."""

@@ -21,6 +21,8 @@ import redis.asyncio as aioredis
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
+    from tests.harness import RunningJiefen
+
 REDIS_URL = os.environ.get("JIEFEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_ADMIN_URL = os.environ.get(
     "JIEFEN_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -126,3 +128,21 @@ async def browser() -> AsyncIterator[Browser]:
         )
         yield launched
         await launched.close()
+
+
+@pytest.fixture
+async def jiefen(
+    pg_database_url: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[RunningJiefen]:
+    """A running Jiefen on the real PostgreSQL and Redis with the rooms API on (bearer
+    ``tests.harness.ADMIN_TOKEN``). A module that needs another set-up defines its own."""
+    from tests.harness import ADMIN_TOKEN, running_jiefen  # the whole app: imported when used
+
+    async with running_jiefen(
+        database_url=pg_database_url,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        data_dir=tmp_path,
+        admin_api_token=ADMIN_TOKEN,
+    ) as running:
+        yield running

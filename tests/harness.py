@@ -21,6 +21,8 @@ from jiefen.app import SERVICES, Services, create_app
 from state.message_gate import MessageGate
 
 T = TypeVar("T")
+#: The rooms API token of the servers the tests start (``Settings.admin_api_token``).
+ADMIN_TOKEN = "test-admin-token"
 
 # A valid resident ID (GB 11643 checksum) used by the tests; 530102 = 昆明市五华区.
 TEST_ID_NUMBER = "53010219900307608X"

@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
 from playwright.async_api import Browser, Dialog, Page, expect
 
 from mediation_rooms import texts
-from tests.conftest import REDIS_URL
-from tests.harness import RunningJiefen, running_jiefen
+from tests.harness import RunningJiefen
 from tests.test_room_signalling import (
-    ADMIN_TOKEN,
     RESPONDENT_PHONE,
     file_case,
     open_room,
@@ -71,20 +68,6 @@ PAGE_STATE_JS = """
 """
 
 Received = dict[str, dict[str, int]]
-
-
-@pytest.fixture
-async def jiefen(
-    pg_database_url: str, redis_prefix: str, tmp_path: Path
-) -> AsyncIterator[RunningJiefen]:
-    async with running_jiefen(
-        database_url=pg_database_url,
-        redis_url=REDIS_URL,
-        redis_prefix=redis_prefix,
-        data_dir=tmp_path,
-        admin_api_token=ADMIN_TOKEN,
-    ) as running:
-        yield running
 
 
 async def new_page(browser: Browser) -> Page:

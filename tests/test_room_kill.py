@@ -13,37 +13,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import av
 import pytest
 
-from bot.bench_webhook import free_port
+from bot.bench_webhook import free_port, wait_until_healthy
 from state import room_store
 from state.db import create_engine
 from tests.conftest import REDIS_URL
-from tests.test_room_signalling import ADMIN_TOKEN, Client, frames, token_of, wait_frames
+from tests.harness import ADMIN_TOKEN
+from tests.test_room_signalling import Client, frames, token_of, wait_frames
 from tests.test_state_case_store import ID_NUMBER, file_case
 
 pytestmark = pytest.mark.services
-
-
-async def _healthy(
-    session: aiohttp.ClientSession, url: str, server: asyncio.subprocess.Process
-) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.returncode is None, "jiefen serve exited early"
-        try:
-            async with session.get(f"{url}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("jiefen serve did not become healthy")
 
 
 async def test_sigkill_mid_session_leaves_playable_recordings(
@@ -74,7 +58,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
     clients: list[Client] = []
     try:
         async with aiohttp.ClientSession() as session:
-            await _healthy(session, url, server)
+            await wait_until_healthy(url, lambda: server.returncode is not None, timeout_s=30)
             db = create_engine(pg_database_url)
             try:
                 case = await file_case(db, submission_key="kill-test")

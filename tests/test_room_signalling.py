@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,27 +25,11 @@ from mediation_rooms.room_hub import CLOSE_REFUSED, CLOSE_REPLACED
 from mediation_rooms.synthetic_peer import SyntheticPeer, synthetic_clip
 from state import room_store
 from state.signing_key import load_or_create_signing_key
-from tests.conftest import REDIS_URL
-from tests.harness import RunningJiefen, running_jiefen
+from tests.harness import ADMIN_TOKEN, RunningJiefen
 from tests.test_state_case_store import ID_NUMBER, make_draft
 
-ADMIN_TOKEN = "test-admin-token"
 RESPONDENT_PHONE = "13900139000"
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-async def jiefen(
-    pg_database_url: str, redis_prefix: str, tmp_path: Path
-) -> AsyncIterator[RunningJiefen]:
-    async with running_jiefen(
-        database_url=pg_database_url,
-        redis_url=REDIS_URL,
-        redis_prefix=redis_prefix,
-        data_dir=tmp_path,
-        admin_api_token=ADMIN_TOKEN,
-    ) as running:
-        yield running
 
 
 async def file_case(jiefen: RunningJiefen) -> str:
