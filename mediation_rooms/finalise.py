@@ -40,9 +40,11 @@ from mediation_rooms.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     TIMELINE_NAME,
+    MediaSummary,
     file_entry,
     listed_files,
     read_timeline,
+    summarise_media,
     verify_recording,
     write_signed_manifest,
 )
@@ -220,13 +222,14 @@ class RecordingFinaliser:
         court_copy: Path | None = None
         media = await asyncio.to_thread(recorded_files, directory)
         if media and live_since is not None:
-            entries = await asyncio.to_thread(lambda: [file_entry(f.path) for f in media])
+            # Only the timestamps here (demuxing): the files are digested once, when sealing.
+            summaries = await asyncio.to_thread(lambda: [summarise_media(f.path) for f in media])
             spec = CourtCopySpec(
                 directory=directory,
                 output=directory / COURT_COPY_NAME,
                 case_no=record.case_no,
                 live_since=live_since,
-                duration_ms=_duration_ms(entries, timeline),
+                duration_ms=_duration_ms(summaries, timeline),
                 fps=self._fps,
                 font_file=self._font_file,
             )
@@ -321,9 +324,9 @@ def _live_since(record: RoomRecord, timeline: list[dict[str, Any]]) -> float | N
     return record.live_at.replace(tzinfo=UTC).timestamp() if record.live_at else None
 
 
-def _duration_ms(entries: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> int:
+def _duration_ms(media: list[MediaSummary], timeline: list[dict[str, Any]]) -> int:
     """From room time 0 to the last frame of any file or the end of the session."""
-    last_frame = max((entry.get("last_ms") or 0 for entry in entries), default=0)
+    last_frame = max((summary.last_ms or 0 for summary in media), default=0)
     ended = max(
         (int(e["t_ms"]) for e in timeline if e.get("event") == "ended" and "t_ms" in e),
         default=0,
