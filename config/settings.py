@@ -8,6 +8,7 @@ development WeChat account that the bundled simulator and fake WeChat API server
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal, Self
 
@@ -106,6 +107,25 @@ class Settings(BaseSettings):
     #: Frame rate of the court copy (the per-person recordings keep their own).
     court_copy_fps: int = Field(default=25, ge=5, le=30)
 
+    #: What ``jiefen serve`` runs: ``all`` (everything in one process, the embedded default),
+    #: ``web`` (webhook, join page, APIs; places rooms but hosts none) or ``media`` (hosts
+    #: rooms: signalling and media; one process per core). ``--role`` sets it; ``jiefen worker``
+    #: runs as ``worker`` (background jobs, no HTTP).
+    role: Literal["all", "web", "media", "worker"] = "all"
+    #: Where browsers reach *this* process's room signalling (``https://media1.example.cn``, or a
+    #: path a proxy routes to it); default: the join page's own origin in ``all``,
+    #: http(s)://host:port else.
+    media_public_url: str | None = None
+    #: This media process's name among the others; default ``<hostname>:<port>``.
+    media_node_id: str | None = None
+    #: Rooms this media process takes before emptier ones are preferred (it still takes more
+    #: when every process is that full: nobody is refused a mediation for load).
+    media_node_capacity: int = Field(default=4, ge=1)
+
+    #: A hosted room nobody has been in for this long is let go by its media process (its
+    #: files finished, its place freed); the next join picks it up again (seconds).
+    room_empty_grace_s: float = Field(default=120.0, gt=0)
+
     #: Run background jobs (outbox, media fetch) inside ``jiefen serve``.
     embedded_worker: bool = True
     #: ``auto`` runs on uvloop where it is installed, else on asyncio's own loop.
@@ -160,3 +180,23 @@ class Settings(BaseSettings):
     def resolved_public_url(self) -> str:
         scheme = "https" if self.serves_https else "http"
         return self.public_url or f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def hosts_rooms(self) -> bool:
+        """Whether this process hosts rooms (signalling and media)."""
+        return self.role in ("all", "media")
+
+    @property
+    def resolved_media_public_url(self) -> str:
+        """Where browsers reach this process's rooms; ``""`` means the join page's own origin
+        (``all`` serves the page and the rooms, under whatever name the browser used)."""
+        if self.media_public_url:
+            return self.media_public_url
+        if self.role == "all":
+            return ""
+        scheme = "https" if self.serves_https else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def resolved_media_node_id(self) -> str:
+        return self.media_node_id or f"{socket.gethostname()}:{self.port}"

@@ -33,6 +33,7 @@ from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
 from mediation_rooms.finalise import JOB_FINALISE_RECORDING, MAX_RUNTIME_S, RecordingFinaliser
 from mediation_rooms.media_session import MediaConfig
+from mediation_rooms.placement import MediaNode, MediaPlacement, NodeHeartbeat, signalling_url_for
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
 from mediation_rooms.web_rooms import add_room_routes
@@ -63,6 +64,7 @@ class Services:
     webhook: WebhookHandler
     background: BackgroundJobs
     rooms: RoomService
+    hub: RoomHub
     finaliser: RecordingFinaliser
 
 
@@ -72,6 +74,7 @@ FAKE_WECHAT = web.AppKey("fake_wechat", FakeWeChatAPI)
 ROOM_HUB = web.AppKey("room_hub", RoomHub)
 ROOM_SERVICE = web.AppKey("room_service", RoomService)
 FINALISER = web.AppKey("finaliser", RecordingFinaliser)
+PLACEMENT = web.AppKey("placement", MediaPlacement)
 
 
 def uses_dev_wechat(settings: Settings) -> bool:
@@ -117,16 +120,29 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_services)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _health)
-    app.router.add_get("/wechat", _webhook_verify)
-    app.router.add_post("/wechat", _webhook_receive)
+    if settings.role != "media":
+        app.router.add_get("/wechat", _webhook_verify)
+        app.router.add_post("/wechat", _webhook_receive)
     add_room_routes(
         app,
         hub=ROOM_HUB,
         service=ROOM_SERVICE,
         finaliser=FINALISER,
+        placement=PLACEMENT,
         admin_token=settings.admin_api_token,
+        serves_web=settings.role != "media",
+        hosts_rooms=settings.hosts_rooms,
     )
     return app
+
+
+def media_node(settings: Settings) -> MediaNode:
+    """This process as a media node, from the settings."""
+    return MediaNode(
+        node_id=settings.resolved_media_node_id,
+        signalling_url=signalling_url_for(settings.resolved_media_public_url),
+        capacity=settings.media_node_capacity,
+    )
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -138,6 +154,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     http = aiohttp.ClientSession()
     stop = asyncio.Event()
     worker: asyncio.Task[None] | None = None
+    heartbeat: NodeHeartbeat | None = None
     try:
         routing = load_routing_table(settings.routing_file)
         await organisation_store.sync_organisations(db, routing)
@@ -189,6 +206,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         rooms = RoomService.from_settings(
             settings, db=db, data_key=data_key, protector=protector, outbox=outbox
         )
+        placement = MediaPlacement(redis, prefix=settings.redis_prefix)
+        node = media_node(settings) if settings.hosts_rooms else None
         hub = RoomHub(
             db=db,
             redis=redis,
@@ -197,7 +216,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             media_config=media_config(settings),
             recordings_dir=settings.recordings_dir,
             jobs=jobs,
+            placement=placement,
+            node=node,
+            empty_room_grace_s=settings.room_empty_grace_s,
         )
+        if node is not None:
+            heartbeat = NodeHeartbeat(placement, node, hosted=hub.hosted_rooms, on_lost=hub.lost)
+            await heartbeat.start()
+            log.info("media node %s serves rooms at %s", node.node_id, node.signalling_url)
         finaliser = recording_finaliser(settings, db=db, redis=redis)
         background.register(
             JOB_FINALISE_RECORDING,
@@ -207,6 +233,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[ROOM_SERVICE] = rooms
         app[ROOM_HUB] = hub
         app[FINALISER] = finaliser
+        app[PLACEMENT] = placement
         app[SERVICES] = Services(
             settings=settings,
             db=db,
@@ -216,6 +243,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             webhook=webhook,
             background=background,
             rooms=rooms,
+            hub=hub,
             finaliser=finaliser,
         )
         if settings.embedded_worker:
@@ -225,6 +253,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # Replies still being computed go to the outbox first; then the worker stops.
         if SERVICES in app:
             await app[SERVICES].webhook.drain()
+        if heartbeat is not None:
+            await heartbeat.stop()  # this node's rooms are vacant at once, not after a TTL
         if ROOM_HUB in app:
             await app[ROOM_HUB].close()
         stop.set()

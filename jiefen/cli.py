@@ -40,9 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default JIEFEN_PORT or 8080)")
     serve.add_argument(
         "--role",
-        choices=["all", "web"],
-        default="all",
-        help="all: web + background jobs in one process; web: web only (run `jiefen worker`)",
+        choices=["all", "web", "media"],
+        default=None,
+        help="all (default, or JIEFEN_ROLE): everything in one process; web: webhook, join page "
+        "and APIs (run `jiefen worker` beside it); media: hosts rooms (one process per core). "
+        "web and media need a shared JIEFEN_REDIS_URL",
     )
     serve.set_defaults(handler=_serve)
 
@@ -69,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     callbacks.set_defaults(handler=_admin_callbacks)
     dead = admin_commands.add_parser("dead-jobs", help="list background jobs that failed for good")
     dead.set_defaults(handler=_admin_dead_jobs)
+    nodes = admin_commands.add_parser(
+        "media-nodes", help="the media processes alive now and the rooms on each"
+    )
+    nodes.set_defaults(handler=_admin_media_nodes)
 
     room = commands.add_parser("room", help="video mediation rooms")
     room_commands = room.add_subparsers(dest="room_command", required=True)
@@ -143,7 +149,21 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.app import create_app, uses_dev_wechat
     from jiefen.tls import ssl_context
 
-    updates: dict[str, object] = {"embedded_worker": args.role == "all"}
+    role = args.role or settings.role
+    if role == "worker":
+        print(
+            "JIEFEN_ROLE=worker is what `jiefen worker` runs; serve all, web or media",
+            file=sys.stderr,
+        )
+        return 2
+    if role != "all" and not settings.redis_url:
+        print(
+            f"jiefen serve --role {role} shares rooms and jobs with other processes through "
+            "Redis: set JIEFEN_REDIS_URL (the in-process stand-in is for --role all only)",
+            file=sys.stderr,
+        )
+        return 2
+    updates: dict[str, object] = {"role": role, "embedded_worker": role == "all"}
     if args.host:
         updates["host"] = args.host
     if args.port:
@@ -153,7 +173,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     scheme = "https" if settings.serves_https else "http"
     print(f"解纷 Jiefen serving on {scheme}://{settings.host}:{settings.port}")
     print(f"  WeChat webhook : {base}/wechat")
-    print(f"  join page      : {base}/join  (links from `jiefen room open CASE_NO`)")
+    if settings.role != "media":
+        print(f"  join page      : {base}/join  (links from `jiefen room open CASE_NO`)")
+    if settings.hosts_rooms:
+        print(
+            f"  rooms (media)  : {settings.resolved_media_public_url}"
+            f"  (node {settings.resolved_media_node_id})"
+        )
     print(f"  health         : {base}/healthz")
     print(f"  database       : {settings.resolved_database_url}")
     print(f"  redis          : {settings.redis_url or 'in-process stand-in (one process only)'}")
@@ -192,7 +218,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.app import create_app
 
     async def run() -> None:
-        runner = web.AppRunner(create_app(settings.model_copy(update={"embedded_worker": True})))
+        worker_settings = settings.model_copy(update={"embedded_worker": True, "role": "worker"})
+        runner = web.AppRunner(create_app(worker_settings))
         await runner.setup()  # opens every resource and starts the job loop; serves no HTTP
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -481,6 +508,31 @@ def _admin_dead_jobs(settings: Settings, args: argparse.Namespace) -> int:
         for job in dead:
             print(json.dumps(job, ensure_ascii=False))
         print(f"{len(dead)} dead job(s)", file=sys.stderr)
+        return 0
+
+    return asyncio.run(show())
+
+
+def _admin_media_nodes(settings: Settings, args: argparse.Namespace) -> int:
+    from mediation_rooms.placement import MediaPlacement
+    from state.redis_connection import connect_redis
+
+    if not settings.redis_url:
+        print("no JIEFEN_REDIS_URL: media nodes register in a shared Redis", file=sys.stderr)
+        return 2
+
+    async def show() -> int:
+        redis = connect_redis(settings)
+        try:
+            statuses = await MediaPlacement(redis, prefix=settings.redis_prefix).nodes()
+        finally:
+            await redis.aclose()
+        for status in statuses:
+            print(
+                f"{status.node.node_id}  {status.node.signalling_url}  hosting {status.hosting}"
+                f"  placed {status.placed}/{status.node.capacity}"
+            )
+        print(f"{len(statuses)} media node(s) alive", file=sys.stderr)
         return 0
 
     return asyncio.run(show())

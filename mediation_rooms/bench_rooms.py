@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import av
@@ -430,9 +431,15 @@ class Participant:
         self._reader: asyncio.Task[None] | None = None
 
     async def join(self, session: aiohttp.ClientSession, url: str) -> None:
-        self._ws = await session.ws_connect(f"{url}/rooms/ws")
-        self._reader = asyncio.create_task(self._read(), name=f"bench-{self.seat}")
+        """Join as the page does: ask where the room is hosted, then open that socket (the
+        time to first frame counts from the placement request)."""
         self.join_sent_at = time.monotonic()
+        async with session.post(f"{url}/rooms/placement", json={"token": self.token}) as response:
+            placed = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"placement refused for {self.seat}: {placed}")
+        self._ws = await session.ws_connect(urljoin(url, placed["signalling_url"]))
+        self._reader = asyncio.create_task(self._read(), name=f"bench-{self.seat}")
         await self.send(
             "join",
             token=self.token,

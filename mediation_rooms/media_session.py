@@ -1,13 +1,18 @@
 """The media of one room in this process: a peer connection per participant, forwarding, recording.
 
-Negotiation is always offered by the server, and the offer's shape never changes while a
-participant stays connected: two ``recvonly`` m-lines (audio, video) for what the participant
-sends, then a ``sendonly`` pair for each *other seat of the room*, whether or not anyone sits
-in it yet. A participant joining, leaving or being put on hold changes only what is forwarded,
-never the SDP, so there is no renegotiation (and none of its races) during a session. The
-offer's ``tracks`` list says which mid carries which seat. ``bundlePolicy`` is max-bundle (one
-transport; aiortc issue #1414 loses the second video m-line otherwise) and one video codec is
-forced for the room.
+Negotiation is always offered by the server: two ``recvonly`` m-lines (audio, video) for what
+the participant sends, then a ``sendonly`` pair for each *other seat of the room*, whether or
+not anyone sits in it yet. A participant joining, leaving or being put on hold changes only
+what is forwarded, never the SDP. The offer's ``tracks`` list says which mid carries which
+seat. ``bundlePolicy`` is max-bundle (one transport; aiortc issue #1414 loses the second video
+m-line otherwise) and one video codec is forced for the room.
+
+The one renegotiation: a seat the mediator opens during the session (:meth:`RoomMedia.add_seat`)
+adds a ``sendonly`` pair for it to every connection, after the existing m-lines, which stay as
+they were (same mids, same transport); the server offers again and the participant answers on
+the same peer connection. Only one offer is out per connection at a time: a seat opened while
+a connection's offer awaits its answer is offered once that answer is in
+(:meth:`RoomMedia.accept_answer` returns the follow-up offer).
 
 A new connection of a seat that is already connected replaces the old one (second device, or
 a reconnect after a network drop): the old peer connection is closed, the seat's publications
@@ -35,6 +40,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 
 from mediation_rooms import aiortc_hooks
@@ -71,14 +77,26 @@ class TrackSlot:
 class Offer:
     sdp: str
     tracks: tuple[TrackSlot, ...]
+    #: False for a new peer connection; True for a new offer on the connection of the last one
+    #: (a seat was added): the participant answers it on the same peer connection.
+    renegotiation: bool = False
 
 
 @dataclass
 class ParticipantConnection:
     seat: SeatRole
     pc: RTCPeerConnection
+    #: The participant's own audio and video, by kind (the m-lines the server receives on).
+    incoming: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
+    #: One m-line per (other seat, kind) the server sends on, in m-line order.
+    outgoing: list[tuple[RTCRtpTransceiver, Subscription]] = field(default_factory=list)
     receivers: list[RTCRtpReceiver] = field(default_factory=list)
-    subscriptions: list[Subscription] = field(default_factory=list)
+    #: Seats were added while an offer awaited its answer: offer again once it is in.
+    renegotiate: bool = False
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return [subscription for _, subscription in self.outgoing]
 
 
 def codec_preferences(kind: str, video_codec: str) -> list[Any]:
@@ -131,30 +149,17 @@ class RoomMedia:
         )
         connection = ParticipantConnection(seat=seat, pc=pc)
         self.connections[seat] = connection
-        preferences = {kind: codec_preferences(kind, self.config.video_codec) for kind in KINDS}
-        incoming: dict[str, RTCRtpTransceiver] = {}
         for kind in KINDS:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
-            transceiver.setCodecPreferences(preferences[kind])
-            incoming[kind] = transceiver
-        outgoing: list[tuple[RTCRtpTransceiver, Subscription]] = []
+            transceiver.setCodecPreferences(codec_preferences(kind, self.config.video_codec))
+            connection.incoming[kind] = transceiver
         for other in self.seats:
-            if other == seat:
-                continue
-            for kind in KINDS:
-                publication = self.publications[(other, kind)]
-                track = SubscriptionTrack(kind)
-                transceiver = pc.addTransceiver(track, direction="sendonly")
-                transceiver.setCodecPreferences(preferences[kind])
-                aiortc_hooks.on_keyframe_request(transceiver.sender, publication.request_keyframe)
-                subscription = Subscription(publication, seat.value, track)
-                publication.subscriptions.add(subscription)
-                connection.subscriptions.append(subscription)
-                outgoing.append((transceiver, subscription))
+            if other != seat:
+                self._subscribe(connection, other)
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            for kind, transceiver in incoming.items():
+            for kind, transceiver in connection.incoming.items():
                 if transceiver.receiver.track is track:
                     publication = self.publications[(seat, kind)]
                     cap = self.config.video_bitrate_cap_bps if kind == "video" else None
@@ -171,11 +176,31 @@ class RoomMedia:
                 log.info("room %s: %s connection %s", self.room_id, seat, pc.connectionState)
                 await self.disconnect(seat, reason=pc.connectionState)
 
-        await pc.setLocalDescription(await pc.createOffer())
+        offer = await self._offer(connection, renegotiation=False)
         self._apply_permissions()
+        return offer
+
+    def _subscribe(self, connection: ParticipantConnection, publisher: SeatRole) -> None:
+        """Add a ``sendonly`` m-line per kind carrying ``publisher`` to ``connection``."""
+        for kind in KINDS:
+            publication = self.publications[(publisher, kind)]
+            track = SubscriptionTrack(kind)
+            transceiver = connection.pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(codec_preferences(kind, self.config.video_codec))
+            aiortc_hooks.on_keyframe_request(transceiver.sender, publication.request_keyframe)
+            subscription = Subscription(publication, connection.seat.value, track)
+            publication.subscriptions.add(subscription)
+            connection.outgoing.append((transceiver, subscription))
+
+    async def _offer(self, connection: ParticipantConnection, *, renegotiation: bool) -> Offer:
+        """Offer every m-line of ``connection`` (new ones get their mids here)."""
+        pc = connection.pc
+        await pc.setLocalDescription(await pc.createOffer())
         tracks = [
-            TrackSlot(mid=str(incoming[kind].mid), seat=seat.value, kind=kind, direction="send")
-            for kind in KINDS
+            TrackSlot(
+                mid=str(transceiver.mid), seat=connection.seat.value, kind=kind, direction="send"
+            )
+            for kind, transceiver in connection.incoming.items()
         ] + [
             TrackSlot(
                 mid=str(transceiver.mid),
@@ -183,15 +208,54 @@ class RoomMedia:
                 kind=subscription.publication.kind,
                 direction="receive",
             )
-            for transceiver, subscription in outgoing
+            for transceiver, subscription in connection.outgoing
         ]
-        return Offer(sdp=pc.localDescription.sdp, tracks=tuple(tracks))
+        return Offer(sdp=pc.localDescription.sdp, tracks=tuple(tracks), renegotiation=renegotiation)
 
-    async def accept_answer(self, seat: SeatRole, sdp: str) -> None:
+    async def add_seat(self, seat: SeatRole) -> dict[SeatRole, Offer]:
+        """A seat opened during the session: its publications, and its media on every connection.
+
+        Returns the new offer for each connection that can take one now (the caller sends it);
+        a connection whose last offer is still unanswered gets its new offer from
+        :meth:`accept_answer`. What reaches whom still follows the session view: nothing of the
+        new seat is forwarded before it is admitted.
+        """
+        if seat in self.seats:
+            raise ValueError(f"the room has the seat {seat} already")
+        self.seats = (*self.seats, seat)
+        for kind in KINDS:
+            self.publications[(seat, kind)] = Publication(
+                seat.value, kind, self.config.video_codec if kind == "video" else "opus"
+            )
+        offers: dict[SeatRole, Offer] = {}
+        for connection in list(self.connections.values()):
+            if self.connections.get(connection.seat) is not connection:
+                continue  # replaced or closed while an earlier connection was being offered
+            self._subscribe(connection, seat)
+            if connection.pc.signalingState != "stable":
+                connection.renegotiate = True
+                continue
+            try:
+                offers[connection.seat] = await self._offer(connection, renegotiation=True)
+            except InvalidStateError:
+                continue  # closed meanwhile: its next connection is offered every seat
+        self._apply_permissions()
+        return offers
+
+    async def accept_answer(self, seat: SeatRole, sdp: str) -> Offer | None:
+        """Apply ``seat``'s answer; returns the next offer to send it when seats were added
+        while this answer was awaited, else ``None``."""
         connection = self.connections.get(seat)
         if connection is None:
             raise LookupError(f"{seat} has no connection")
-        await connection.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        try:
+            await connection.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except InvalidStateError:
+            raise ValueError("no offer awaits an answer") from None
+        if not connection.renegotiate or self.connections.get(seat) is not connection:
+            return None
+        connection.renegotiate = False
+        return await self._offer(connection, renegotiation=True)
 
     async def add_ice_candidate(self, seat: SeatRole, candidate: str, sdp_mid: str | None) -> None:
         connection = self.connections.get(seat)

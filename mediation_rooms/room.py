@@ -12,8 +12,9 @@ Lifecycle (one setter, :meth:`RoomLifecycle.set_state`, checks and logs every ch
 - ``archived``: the recording is finalised (digests, signed manifest, court copy).
 
 Seats: the mediator, the applicant and the respondent always; up to two extra seats that the
-mediator opens: an interpreter (on the mediator's side: they translate in private sessions too)
-or a party's agent (on that party's side). Forwarding rule, enforced by the media server
+mediator opens, when the room is opened or during the session (:func:`check_new_seat`): an
+interpreter (on the mediator's side: they translate in private sessions too) or a party's
+agent (on that party's side). Forwarding rule, enforced by the media server
 (never by the page): a participant's media reaches another only if both are admitted, both are
 in the current session group, and, for audio, the publisher is not muted by the mediator. In a
 joint session the group is everyone; in a private session (背对背, caucus) with one side it is
@@ -103,6 +104,33 @@ def check_seats(seats: Iterable[SeatRole]) -> tuple[SeatRole, ...]:
     if len(extras) > MAX_EXTRA_SEATS:
         raise ValueError(f"a room has at most {MAX_EXTRA_SEATS} extra seats")
     return (*BASE_SEATS, *extras)
+
+
+class SeatRefused(ValueError):
+    """A seat the mediator may not open now; ``reason`` is a stable code (see
+    :func:`check_new_seat`) that goes back to the mediator's page."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def check_new_seat(state: RoomState, seats: Iterable[SeatRole], seat: SeatRole) -> None:
+    """Whether the mediator may open ``seat`` in a room in ``state`` that has ``seats``.
+
+    Raises :class:`SeatRefused` with the reason: ``room_closed`` (the room has ended),
+    ``not_extra_seat`` (only the extra seats can be opened), ``seat_taken`` (the room has it),
+    ``too_many_seats`` (the room has its ``MAX_EXTRA_SEATS`` already).
+    """
+    current = set(seats)
+    if state in (RoomState.ENDED, RoomState.ARCHIVED):
+        raise SeatRefused("room_closed", f"the room is {state}")
+    if seat not in EXTRA_SEATS:
+        raise SeatRefused("not_extra_seat", f"{seat} is not an extra seat")
+    if seat in current:
+        raise SeatRefused("seat_taken", f"the room has the seat {seat} already")
+    if sum(1 for extra in EXTRA_SEATS if extra in current) >= MAX_EXTRA_SEATS:
+        raise SeatRefused("too_many_seats", f"a room has at most {MAX_EXTRA_SEATS} extra seats")
 
 
 class RoomLifecycle:

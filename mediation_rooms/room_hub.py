@@ -1,11 +1,17 @@
 """The rooms this process hosts: signalling connections, admission, caucus, and their media.
 
 One :class:`LiveRoom` per room with someone in it. Its control operations (join, admit, caucus,
-end …) run one at a time under the room's lock; media keeps flowing meanwhile. After every
-change the room's session state (admitted, muted, caucus, when it went live) is written to
-Redis (``room:<id>:live``) with the presence of each seat, so that another process can show
-it, and a media process that takes the room over after a crash carries on from it: the same
+opening a seat, end …) run one at a time under the room's lock; media keeps flowing meanwhile.
+After every change the room's session state (admitted, muted, caucus, when it went live) is
+written to Redis (``room:<id>:live``) with the presence of each seat, so that another process
+can show it, and a media process that takes the room over after a crash carries on from it: the same
 people admitted, the recording continued on the same room clock (in new file parts).
+
+A process hosts a room only after claiming it in Redis (:mod:`mediation_rooms.placement`): a
+join for a room that another live media process hosts is turned away with close code
+:data:`CLOSE_MOVED`, and the page asks ``POST /rooms/placement`` again. A room nobody has been
+in for :data:`EMPTY_ROOM_GRACE_S` is let go (its files finished, its claim released); the next
+join hosts it again, wherever it is placed, from its live state.
 
 Who gets in (checked in :meth:`RoomHub.join`, in this order): a valid join token for this
 room; the seat's current nonce (a re-issued link revokes the old one); a room that has not
@@ -35,15 +41,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mediation_rooms import texts
 from mediation_rooms.finalise import enqueue_finalisation
-from mediation_rooms.join_token import JoinTokenError, verify_join_token
-from mediation_rooms.media_session import MediaConfig, RoomMedia
+from mediation_rooms.join_token import JoinClaims, JoinTokenError, verify_join_token
+from mediation_rooms.media_session import MediaConfig, Offer, RoomMedia
+from mediation_rooms.placement import MediaNode, MediaPlacement
 from mediation_rooms.room import (
     ALLOWED_TRANSITIONS,
     RoomLifecycle,
     RoomState,
+    SeatRefused,
     SeatRole,
     SessionView,
     Side,
+    check_new_seat,
 )
 from mediation_rooms.room_service import RoomService
 from mediation_rooms.signalling import (
@@ -59,6 +68,7 @@ from mediation_rooms.signalling import (
     IceCandidate,
     Join,
     Mute,
+    OpenSeat,
     ProtocolError,
     Remove,
     parse_client_message,
@@ -77,12 +87,22 @@ MAX_IDENTITY_ATTEMPTS = 5
 #: new connection, and the answer (6 characters) must not be guessable by retrying.
 IDENTITY_LOCKOUT_S = 30 * 60
 LIVE_STATE_TTL_S = 24 * 3600
+#: A hosted room with nobody in it is let go after this long (seconds): its recording files
+#: are finished and its claim released, so a room everyone dropped out of does not hold a
+#: media process; the next join resumes it from its live state.
+EMPTY_ROOM_GRACE_S = 120.0
+
+#: How long closing a socket waits for the client's answer: the room's lock is held meanwhile
+#: (end, remove), so a client that never answers must not hold the room up for long.
+CLOSE_HANDSHAKE_TIMEOUT_S = 2.0
 
 # WebSocket close codes (4000–4999 are the application's): the page shows why.
 CLOSE_REFUSED = 4401
 CLOSE_REPLACED = 4409
 CLOSE_REMOVED = 4403
 CLOSE_ENDED = 4410
+#: Not final: the room is hosted by another media process; the page asks where, and goes there.
+CLOSE_MOVED = 4302
 
 
 @dataclass
@@ -98,6 +118,15 @@ class Attendee:
         if not self.ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.send_str(server_message(kind, **fields))
+
+    async def send_offer(self, offer: Offer) -> None:
+        """An ``offer`` for this attendee's connection (``renegotiation``: the same one)."""
+        await self.send(
+            "offer",
+            sdp=offer.sdp,
+            tracks=[dataclasses.asdict(slot) for slot in offer.tracks],
+            renegotiation=offer.renegotiation,
+        )
 
     async def close(self, code: int, kind: str, message: str) -> None:
         await self.send(kind, message=message)
@@ -130,9 +159,11 @@ class LiveRoom:
             hub.recordings_dir,
         )
         self.media.update_view(self.view)
+        #: Lets the room go once it has been empty for a while (see RoomHub.release_if_empty).
+        self.idle_release: asyncio.Task[None] | None = None
         if self.lifecycle.state == RoomState.LIVE and self.live_since is not None:
             recording = self.media.start_recording(self.live_since)
-            recording.event("recording_resumed", after="media process restart")
+            recording.event("recording_resumed", after="hosting resumed by a media process")
 
     # -- state kept in Redis -----------------------------------------------------------------
 
@@ -209,6 +240,9 @@ class LiveRoom:
     async def enter(self, attendee: Attendee) -> None:
         """A joined attendee: replaces an earlier device, then waits or gets media."""
         seat = attendee.seat
+        if self.idle_release is not None:
+            self.idle_release.cancel()
+            self.idle_release = None
         previous = self.attendees.get(seat)
         self.attendees[seat] = attendee
         if previous is not None:
@@ -228,12 +262,7 @@ class LiveRoom:
         await self.broadcast_presence()
 
     async def start_media(self, attendee: Attendee) -> None:
-        offer = await self.media.connect(attendee.seat)
-        await attendee.send(
-            "offer",
-            sdp=offer.sdp,
-            tracks=[dataclasses.asdict(slot) for slot in offer.tracks],
-        )
+        await attendee.send_offer(await self.media.connect(attendee.seat))
 
     async def leave(self, attendee: Attendee) -> None:
         """The attendee's socket closed; admission is kept so a reconnect goes straight in."""
@@ -244,6 +273,8 @@ class LiveRoom:
         await self.media.disconnect(attendee.seat, reason="left")
         self.event("left", seat=attendee.seat.value)
         await self.broadcast_presence()
+        if not self.attendees:
+            self.hub.schedule_release_if_empty(self)
 
     # -- the mediator's controls ----------------------------------------------------------------
 
@@ -328,11 +359,45 @@ class LiveRoom:
         )
         await self.media.close()
         await self.save()
-        async with self.hub.hub_lock:
-            if self.hub.live_rooms.get(self.room_id) is self:
-                del self.hub.live_rooms[self.room_id]
+        await self.hub.unhost(self)
         if self.lifecycle.state is RoomState.ENDED and self.hub.jobs is not None:
             await enqueue_finalisation(self.hub.jobs, self.room_id)
+
+    async def hand_over(self, code: int, kind: str, message: str) -> None:
+        """Stop hosting without ending: everyone is disconnected, the files are finished, and
+        the live state stays in Redis for the next host (this process or another)."""
+        attendees = list(self.attendees.values())
+        self.attendees.clear()
+        self.waiting.clear()
+        self.event("hosting_stopped", reason=kind)
+        await asyncio.gather(*(attendee.close(code, kind, message) for attendee in attendees))
+        await self.media.close()
+        await self.save()
+
+    async def open_seat(self, seat: SeatRole, name: str) -> str:
+        """Open the extra ``seat`` for ``name`` during the session; returns its join link.
+
+        The seat is stored first (with its link), then every connection is offered the new
+        seat's media (a renegotiation), the timeline records it and the presence lists it.
+        Its person joins with the link and waits to be admitted, like anyone. Refused with
+        ``room_closed``, ``not_extra_seat``, ``seat_taken`` or ``too_many_seats``.
+        """
+        try:
+            # The hosted room's own state first (it is current here), then the database's.
+            check_new_seat(self.lifecycle.state, self.seats, seat)
+            opened = await self.hub.rooms.open_seat(self.room_id, seat, name, now=datetime.now(UTC))
+        except SeatRefused as refused:
+            raise ProtocolError(refused.reason, texts.REFUSALS[refused.reason]) from None
+        self.record = opened.room
+        self.seats = (*self.seats, seat)
+        offers = await self.media.add_seat(seat)
+        self.event("seat_opened", seat=seat.value, by="mediator")
+        for other, offer in offers.items():
+            attendee = self.attendees.get(other)
+            if attendee is not None:
+                await attendee.send_offer(offer)
+        await self.broadcast_presence()
+        return opened.link
 
     async def chat(self, sender: SeatRole, text: str) -> None:
         """Chat reaches the admitted people in the sender's group: a caucus holds for text too."""
@@ -358,6 +423,9 @@ class RoomHub:
         media_config: MediaConfig,
         recordings_dir: Path,
         jobs: JobQueue | None = None,
+        placement: MediaPlacement | None = None,
+        node: MediaNode | None = None,
+        empty_room_grace_s: float = EMPTY_ROOM_GRACE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -369,6 +437,11 @@ class RoomHub:
         #: Where an ended room's finalisation is queued (none: the recording stays as it is).
         self.jobs = jobs
         self.clock = clock
+        #: Where rooms are placed, and this process's node when it hosts rooms (None: a web
+        #: process, which places rooms but hosts none).
+        self.placement = placement
+        self.node = node
+        self.empty_room_grace_s = empty_room_grace_s
         self.live_rooms: dict[str, LiveRoom] = {}
         self.hub_lock = asyncio.Lock()
 
@@ -379,26 +452,100 @@ class RoomHub:
         """The media configuration of a room, which keeps the codec it was opened with."""
         return dataclasses.replace(self.media_config, video_codec=video_codec)
 
+    def hosted_rooms(self) -> list[str]:
+        """The rooms this process hosts now."""
+        return list(self.live_rooms)
+
     async def close(self) -> None:
         """Process shutdown: close media (the files are finished); rooms stay resumable."""
         for room in list(self.live_rooms.values()):
+            if room.idle_release is not None:
+                room.idle_release.cancel()
             await room.media.close()
         self.live_rooms.clear()
 
     async def _live_room(self, record: RoomRecord) -> LiveRoom:
+        """The hosted room of ``record``, hosting it now if this process does not yet.
+
+        Hosting starts under the hub lock from the room's state as the database has it *now*
+        (not as it was when the join began: the room may have ended meanwhile, and an ended room
+        must not be hosted again) and only once this process's claim on it holds.
+        """
         async with self.hub_lock:
             room = self.live_rooms.get(record.room_id)
-            if room is None:
-                raw = await self.redis.get(self.live_key(record.room_id))
-                live = json.loads(raw) if raw else {}
-                room = LiveRoom(self, record, live)
-                self.live_rooms[record.room_id] = room
+            if room is not None:
+                return room
+            current = await room_store.get_room(self.db, record.room_id)
+            if current is None:
+                raise _refusal("unknown_room")
+            if current.state in (RoomState.ENDED, RoomState.ARCHIVED):
+                raise _refusal("room_closed")
+            if self.placement is not None and self.node is not None:
+                owner = await self.placement.claim(record.room_id, self.node.node_id)
+                if owner is not None:
+                    log.info("room %s is hosted by media node %s, not here", record.room_id, owner)
+                    raise ProtocolError("moved", texts.MOVED, fatal=True)
+            raw = await self.redis.get(self.live_key(record.room_id))
+            live = json.loads(raw) if raw else {}
+            room = LiveRoom(self, current, live)
+            self.live_rooms[record.room_id] = room
             return room
+
+    async def unhost(self, room: LiveRoom) -> None:
+        """``room`` is no longer hosted here: forget it and release its claim."""
+        async with self.hub_lock:
+            if self.live_rooms.get(room.room_id) is room:
+                del self.live_rooms[room.room_id]
+        if room.idle_release is not None:
+            room.idle_release.cancel()
+            room.idle_release = None
+        if self.placement is not None and self.node is not None:
+            await self.placement.release(room.room_id, self.node.node_id)
+
+    def schedule_release_if_empty(self, room: LiveRoom) -> None:
+        """Let ``room`` go after the grace period unless someone comes back meanwhile."""
+        if room.idle_release is not None:
+            room.idle_release.cancel()
+        room.idle_release = asyncio.create_task(
+            self._release_after_grace(room), name=f"release-{room.room_id}"
+        )
+
+    async def _release_after_grace(self, room: LiveRoom) -> None:
+        await asyncio.sleep(self.empty_room_grace_s)
+        room.idle_release = None  # from here on, nobody cancels this task: it checks instead
+        try:
+            await self.release_if_empty(room)
+        except Exception:
+            log.exception("room %s: letting the empty room go failed", room.room_id)
+
+    async def release_if_empty(self, room: LiveRoom) -> bool:
+        """Stop hosting ``room`` if nobody is in it; returns whether it was let go."""
+        async with room.lock:
+            if room.attendees or self.live_rooms.get(room.room_id) is not room:
+                return False
+            log.info("room %s: empty for a while; no longer hosted here", room.room_id)
+            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED)
+            await self.unhost(room)
+            return True
+
+    async def lost(self, room_id: str) -> None:
+        """Another media process holds ``room_id`` now (this one was taken for dead): stop
+        hosting it without touching its state; its people reconnect to the new host."""
+        room = self.live_rooms.get(room_id)
+        if room is None:
+            return
+        async with room.lock:
+            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED)
+        async with self.hub_lock:
+            if self.live_rooms.get(room_id) is room:
+                del self.live_rooms[room_id]
 
     # -- the WebSocket endpoint ------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES)
+        ws = web.WebSocketResponse(
+            heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES, timeout=CLOSE_HANDSHAKE_TIMEOUT_S
+        )
         await ws.prepare(request)
         attendee: Attendee | None = None
         room: LiveRoom | None = None
@@ -476,11 +623,11 @@ class RoomHub:
             raise _refusal("too_many_attempts")
         raise ProtocolError("identity_mismatch", texts.REFUSALS["identity_mismatch"])
 
-    async def join(self, ws: web.WebSocketResponse, join: Join) -> tuple[LiveRoom, Attendee]:
+    async def admission(self, token: str) -> tuple[JoinClaims, RoomRecord, SeatRecord]:
+        """The room and seat a join token admits to; raises a fatal ProtocolError (a refusal)
+        for a bad, expired or revoked token and for a room that has ended."""
         try:
-            claims = verify_join_token(
-                self.rooms.join_key, join.token, room_id=None, now=self.clock()
-            )
+            claims = verify_join_token(self.rooms.join_key, token, room_id=None, now=self.clock())
         except JoinTokenError as error:
             raise _refusal(error.reason) from None
         record = await room_store.get_room(self.db, claims.room_id)
@@ -491,6 +638,10 @@ class RoomHub:
             raise _refusal("revoked")
         if record.state in (RoomState.ENDED, RoomState.ARCHIVED):
             raise _refusal("room_closed")
+        return claims, record, seat_record
+
+    async def join(self, ws: web.WebSocketResponse, join: Join) -> tuple[LiveRoom, Attendee]:
+        claims, record, seat_record = await self.admission(join.token)
         seat = SeatRole(claims.seat)
         if seat_record.identity_digest is not None:
             if not join.identity:
@@ -498,7 +649,6 @@ class RoomHub:
             await self._check_identity(record, seat_record, join.identity)
         if seat != SeatRole.MEDIATOR and not (join.consent_recording and join.acknowledged_notices):
             raise ProtocolError("consent_required", texts.REFUSALS["consent_required"])
-        room = await self._live_room(record)
         attendee = Attendee(
             seat=seat,
             ws=ws,
@@ -508,7 +658,14 @@ class RoomHub:
                 "identity": "verified" if seat_record.identity_digest else "by_mediator",
             },
         )
-        async with room.lock:
+        while True:
+            room = await self._live_room(record)
+            await room.lock.acquire()
+            if self.live_rooms.get(room.room_id) is room:
+                break
+            # Let go (empty for a while, or taken over) while this join waited for its lock.
+            room.lock.release()
+        try:
             if room.lifecycle.state in (RoomState.ENDED, RoomState.ARCHIVED):
                 raise _refusal("room_closed")
             await attendee.send(
@@ -528,6 +685,8 @@ class RoomHub:
                 ],
             )
             await room.enter(attendee)
+        finally:
+            room.lock.release()
         return room, attendee
 
     async def _dispatch(self, room: LiveRoom, attendee: Attendee, message: ClientMessage) -> None:
@@ -536,9 +695,11 @@ class RoomHub:
             raise ProtocolError("forbidden", texts.REFUSALS["forbidden"])
         if isinstance(message, Answer):
             try:
-                await room.media.accept_answer(seat, message.sdp)
+                follow_up = await room.media.accept_answer(seat, message.sdp)
             except (LookupError, ValueError) as error:
                 raise ProtocolError("invalid_answer", str(error)) from None
+            if follow_up is not None:  # a seat was opened while this answer was awaited
+                await attendee.send_offer(follow_up)
             return
         if isinstance(message, IceCandidate):
             try:
@@ -559,9 +720,13 @@ class RoomHub:
                 await room.mute(message.seat, message.muted)
             elif isinstance(message, Caucus):
                 await room.caucus(message.side)
+            elif isinstance(message, OpenSeat):
+                link = await room.open_seat(message.seat, message.name)
+                await attendee.send(
+                    "seat_opened", seat=message.seat.value, name=message.name, link=link
+                )
             elif isinstance(message, End):
                 await room.end()
-                self.live_rooms.pop(room.room_id, None)
             elif isinstance(message, Chat):
                 await room.chat(seat, message.text)
 
@@ -571,7 +736,8 @@ class RoomHub:
 
     async def _refuse(self, ws: web.WebSocketResponse, error: ProtocolError) -> None:
         await self._error(ws, error)
-        await ws.close(code=CLOSE_REFUSED, message=error.code.encode())
+        code = CLOSE_MOVED if error.code == "moved" else CLOSE_REFUSED
+        await ws.close(code=code, message=error.code.encode())
 
 
 def _refusal(reason: str) -> ProtocolError:

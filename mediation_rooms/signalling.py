@@ -16,6 +16,7 @@ from mediation_rooms.room import SeatRole, Side
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CHAT_CHARS = 500
+MAX_NAME_CHARS = 64
 
 
 class ProtocolError(Exception):
@@ -76,6 +77,14 @@ class Caucus:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenSeat:
+    """Open an extra seat (interpreter, a party's agent) for ``name`` during the session."""
+
+    seat: SeatRole
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class End:
     pass
 
@@ -85,9 +94,11 @@ class Chat:
     text: str
 
 
-ClientMessage = Join | Answer | IceCandidate | Admit | Deny | Remove | Mute | Caucus | End | Chat
+ClientMessage = (
+    Join | Answer | IceCandidate | Admit | Deny | Remove | Mute | Caucus | OpenSeat | End | Chat
+)
 #: Messages only the mediator may send.
-MEDIATOR_ONLY = (Admit, Deny, Remove, Mute, Caucus, End)
+MEDIATOR_ONLY = (Admit, Deny, Remove, Mute, Caucus, OpenSeat, End)
 
 
 def parse_client_message(raw: str | bytes) -> ClientMessage:
@@ -131,6 +142,11 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         if side not in (Side.APPLICANT, Side.RESPONDENT):
             raise ProtocolError("invalid_field", "'with' is 'applicant', 'respondent' or null")
         return Caucus(Side(side))
+    if kind == "open_seat":
+        name = _str(data, "name", MAX_NAME_CHARS).strip()
+        if not name:
+            raise ProtocolError("invalid_field", "'name' is empty")
+        return OpenSeat(_seat(data), name)
     if kind == "end":
         return End()
     if kind == "chat":

@@ -157,6 +157,8 @@ class ReceivedStream:
     keyframes: int = 0
     first_frame_at: float | None = None
     last_frame_at: float | None = None
+    #: The longest time between two frames (seconds): a break in the stream shows here.
+    longest_gap_s: float = 0.0
     sample_keyframe: bytes | None = None
 
 
@@ -194,6 +196,8 @@ class SyntheticPeer:
             stream.frames += 1
             if stream.first_frame_at is None:
                 stream.first_frame_at = now
+            if stream.last_frame_at is not None:
+                stream.longest_gap_s = max(stream.longest_gap_s, now - stream.last_frame_at)
             stream.last_frame_at = now
             seat_kind = self.tracks.get(mid)
             is_video = seat_kind is not None and seat_kind[1] == "video"
@@ -205,16 +209,21 @@ class SyntheticPeer:
         aiortc_hooks.tap_receiver(receiver, count)
 
     async def answer(self, offer_sdp: str, tracks: list[dict[str, str]]) -> str:
-        """Accept the server's offer (``tracks`` maps its mids) and return the answer SDP."""
+        """Accept the server's offer (``tracks`` maps its mids) and return the answer SDP.
+
+        A later offer (the server added a seat) is answered on the same peer connection, as a
+        browser does: the m-lines negotiated before keep what they carry, new ones receive.
+        """
         self.tracks = {slot["mid"]: (slot["seat"], slot["kind"]) for slot in tracks}
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         own = {slot["kind"]: slot["mid"] for slot in tracks if slot["direction"] == "send"}
         for transceiver in self.pc.getTransceivers():
             if transceiver.mid == own.get(transceiver.kind):
                 track = self.video_track if transceiver.kind == "video" else self.audio_track
-                transceiver.sender.replaceTrack(track)
-                transceiver.direction = "sendonly"
-                aiortc_hooks.on_keyframe_request(transceiver.sender, track.request_keyframe)
+                if transceiver.sender.track is not track:
+                    transceiver.sender.replaceTrack(track)
+                    transceiver.direction = "sendonly"
+                    aiortc_hooks.on_keyframe_request(transceiver.sender, track.request_keyframe)
             else:
                 transceiver.direction = "recvonly"
         await self.pc.setLocalDescription(await self.pc.createAnswer())

@@ -19,6 +19,10 @@ REFUSALS: dict[str, str] = {
     "join_first": "请先进入调解室。",
     "forbidden": "只有调解员可以进行这个操作。",
     "not_in_room": "这个席位的当事人现在不在调解室。",
+    # Refusals of the mediator's 邀请翻译/代理人 (open_seat):
+    "seat_taken": "这个席位已经邀请过了。",
+    "not_extra_seat": "只能邀请翻译或代理人。",
+    "too_many_seats": "每场调解最多邀请两位翻译或代理人。",
 }
 
 REPLACED = "您已在另一台设备上进入调解室，这台设备已退出。"
@@ -45,3 +49,5 @@ INVITATION = (
     "到时请点开下面的链接进入调解室（用手机微信打开即可）：\n{link}\n"
     "进入前需要核对身份证号码的后 6 位。调解全程录音录像。"
 )
+MOVED = "正在为您切换视频线路，请稍候……"
+NO_MEDIA_NODE = "视频服务暂时忙，请稍后再试。"

@@ -2,7 +2,11 @@
 
 - ``GET /join`` — the join page; the token travels in the URL *fragment* (``/join#<token>``),
   which browsers never send to a server, so it stays out of access logs and proxies.
-- ``GET /rooms/ws`` — signalling (mediation_rooms/PROTOCOL.md).
+- ``POST /rooms/placement`` — ``{"token": …}`` → ``{"signalling_url": …}``: where the join page
+  opens its WebSocket, the media process that hosts (or is now reserved for) the token's room
+  (:mod:`mediation_rooms.placement`). The token is the credential: a bad one gets 403 with the
+  same refusal as the WebSocket would give, an ended room 410, no media process 503.
+- ``GET /rooms/ws`` — signalling (mediation_rooms/PROTOCOL.md), on the processes that host rooms.
 - ``POST /api/rooms`` — open a room for a case (the console's and scripts' way; ``jiefen room
   open`` does the same from the command line). ``GET /api/rooms/{room_id}`` — a room, its
   live state and the progress of its recording's finalisation. Both need ``Authorization:
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,11 +25,16 @@ from typing import Any
 from aiohttp import web
 
 from jiefen.errors import StorageUnavailable
+from mediation_rooms import texts
 from mediation_rooms.finalise import RecordingFinaliser
+from mediation_rooms.placement import MediaPlacement, NoMediaNode
 from mediation_rooms.room import EXTRA_SEATS, SeatRole
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
+from mediation_rooms.signalling import ProtocolError
 from state import room_store
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _NO_CACHE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -36,9 +46,16 @@ def add_room_routes(
     hub: web.AppKey[RoomHub],
     service: web.AppKey[RoomService],
     finaliser: web.AppKey[RecordingFinaliser],
+    placement: web.AppKey[MediaPlacement],
     admin_token: str | None,
+    serves_web: bool = True,
+    hosts_rooms: bool = True,
 ) -> None:
-    """Mount the rooms' routes on ``app``; handlers find the hub and service under the keys."""
+    """Mount the rooms' routes on ``app``; handlers find the hub and service under the keys.
+
+    ``serves_web``: the join page, placement and the API (not on a media-only process);
+    ``hosts_rooms``: the signalling WebSocket (not on a web-only process).
+    """
 
     async def join_page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "join.html", headers=_NO_CACHE)
@@ -111,11 +128,37 @@ def add_room_routes(
             }
         )
 
-    app.router.add_get("/join", join_page)
-    app.router.add_get("/rooms/ws", signalling)
-    app.router.add_static("/rooms/static", STATIC_DIR)
-    app.router.add_post("/api/rooms", open_room)
-    app.router.add_get("/api/rooms/{room_id}", show_room)
+    async def place(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            token = body["token"] if isinstance(body, dict) else None
+            if not isinstance(token, str):
+                raise ValueError('the body is {"token": "…"}')
+        except (ValueError, KeyError):
+            return _json({"error": "malformed", "message": texts.REFUSALS["malformed"]}, status=400)
+        try:
+            _, record, _ = await request.app[hub].admission(token)
+            node = await request.app[placement].place(record.room_id)
+        except ProtocolError as refusal:
+            status = 410 if refusal.code == "room_closed" else 403
+            return _json({"error": refusal.code, "message": refusal.message}, status=status)
+        except NoMediaNode as error:
+            log.warning("room placement failed: %s", error)
+            return _json({"error": "no_media_node", "message": texts.NO_MEDIA_NODE}, status=503)
+        except StorageUnavailable:
+            return _json(
+                {"error": "storage_unavailable", "message": texts.NO_MEDIA_NODE}, status=503
+            )
+        return _json({"signalling_url": node.signalling_url, "node": node.node_id})
+
+    if serves_web:
+        app.router.add_get("/join", join_page)
+        app.router.add_static("/rooms/static", STATIC_DIR)
+        app.router.add_post("/rooms/placement", place)
+        app.router.add_post("/api/rooms", open_room)
+        app.router.add_get("/api/rooms/{room_id}", show_room)
+    if hosts_rooms:
+        app.router.add_get("/rooms/ws", signalling)
 
 
 def _parse_time(value: Any, now: datetime) -> datetime:

@@ -8,7 +8,7 @@ room (say, two admits at once) change it once.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +27,10 @@ _PARTIES = table_of(Party)
 
 class UnknownCase(LookupError):
     """No case has that number."""
+
+
+class UnknownRoom(LookupError):
+    """No room has that id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,19 +144,7 @@ async def create_room(
                 )
             )
             await connection.execute(
-                sa.insert(_SEATS),
-                [
-                    {
-                        "room_id": room_id,
-                        "seat": seat.seat,
-                        "person_name": seat.person_name,
-                        "nonce": seat.nonce,
-                        "identity_check": seat.identity_check,
-                        "identity_digest": seat.identity_digest,
-                        "expires_at": seat.expires_at,
-                    }
-                    for seat in seats
-                ],
+                sa.insert(_SEATS), [_seat_row(room_id, seat) for seat in seats]
             )
     return RoomRecord(
         room_id=room_id,
@@ -165,6 +157,52 @@ async def create_room(
         ended_at=None,
         seats=tuple(seats),
     )
+
+
+async def add_seat(
+    db: AsyncEngine,
+    room_id: str,
+    seat: SeatRecord,
+    *,
+    expected_state: str,
+    expected_seats: Collection[str],
+) -> bool:
+    """Add ``seat`` to the room if it is still in ``expected_state`` with exactly the seats
+    ``expected_seats``; False if it is not (it changed since the caller read it, or is gone).
+
+    A compare-and-set like :func:`set_room_state`: the caller checks its rules against the
+    room it read, and two processes adding seats at once cannot both pass on the same room.
+    """
+    with storage_errors("add a seat"):
+        async with db.begin() as connection:
+            state = (
+                await connection.execute(
+                    sa.select(_ROOMS.c.state).where(_ROOMS.c.id == room_id).with_for_update()
+                )
+            ).scalar_one_or_none()
+            if state != expected_state:
+                return False
+            seats = (
+                await connection.execute(
+                    sa.select(_SEATS.c.seat).where(_SEATS.c.room_id == room_id)
+                )
+            ).scalars()
+            if set(seats) != set(expected_seats):
+                return False
+            await connection.execute(sa.insert(_SEATS).values(**_seat_row(room_id, seat)))
+            return True
+
+
+def _seat_row(room_id: str, seat: SeatRecord) -> dict[str, object]:
+    return {
+        "room_id": room_id,
+        "seat": seat.seat,
+        "person_name": seat.person_name,
+        "nonce": seat.nonce,
+        "identity_check": seat.identity_check,
+        "identity_digest": seat.identity_digest,
+        "expires_at": seat.expires_at,
+    }
 
 
 async def get_room(db: AsyncEngine, room_id: str) -> RoomRecord | None:

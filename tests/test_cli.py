@@ -180,11 +180,26 @@ async def test_web_and_worker_processes_share_the_work(
             await eventually(lambda: _as_awaitable(fake.sent), wait_s=20)
             assert [m.touser for m in fake.sent] == ["o_two_processes"]
             assert "我要调解" in (fake.sent[0].content or "")
+            # Neither a web process nor a worker hosts rooms: no media node was registered.
+            assert await redis_client.smembers(f"{redis_prefix}media:nodes") == set()
         finally:
             for process in (web_process, worker):
                 process.terminate()
             codes = [await asyncio.wait_for(p.wait(), 20) for p in (web_process, worker)]
         assert codes == [0, 0]
+
+
+def test_roles_that_share_work_refuse_to_start_without_a_shared_redis(tmp_path: Path) -> None:
+    for role in ("web", "media"):
+        result = subprocess.run(
+            [*JIEFEN, "serve", "--role", role],
+            env=dict(_clean_env(), JIEFEN_DATA_DIR=str(tmp_path)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result
+        assert "JIEFEN_REDIS_URL" in result.stderr
 
 
 async def _as_awaitable(value: object) -> object:

@@ -224,3 +224,71 @@ async def test_a_reconnecting_participant_continues_the_same_recording(room: Roo
     with av.open(str(applicant_video[0].path)) as container:
         pts = [p.pts for p in container.demux(video=0) if p.size]
     assert pts == sorted(pts) and len(pts) == applicant_video[0].frames
+
+
+async def test_a_seat_opened_mid_session_renegotiates_every_connection_without_a_break(
+    room: Room,
+) -> None:
+    interpreter = SeatRole.INTERPRETER
+    everyone = (*BASE_SEATS, interpreter)
+    for seat in (MEDIATOR, APPLICANT):
+        await room.join(seat)
+    # The respondent's first offer is still unanswered when the seat is opened.
+    respondent_offer = await room.media.connect(RESPONDENT)
+    room.media.start_recording(time.time())
+    room.media.update_view(SessionView(admitted=set(BASE_SEATS)))
+    await until(lambda: room.frames(MEDIATOR, APPLICANT) > 30 < room.frames(APPLICANT, MEDIATOR))
+    for peer in room.peers.values():
+        for stream in peer.received.values():
+            stream.longest_gap_s = 0.0
+
+    offers = await room.media.add_seat(interpreter)
+    assert set(offers) == {MEDIATOR, APPLICANT}
+    for seat, offer in offers.items():
+        assert offer.renegotiation
+        slots = [dataclasses.asdict(t) for t in offer.tracks]
+        # The m-lines negotiated before carry what they did; the new seat's pair follows them.
+        assert [(t["seat"], t["kind"], t["direction"]) for t in slots[-2:]] == [
+            ("interpreter", "audio", "receive"),
+            ("interpreter", "video", "receive"),
+        ]
+        peer = room.peers[seat]
+        assert {t["mid"]: (t["seat"], t["kind"]) for t in slots[:-2]} == peer.tracks
+        assert await room.media.accept_answer(seat, await peer.answer(offer.sdp, slots)) is None
+    respondent = SyntheticPeer(synthetic_clip())
+    room.peers[RESPONDENT] = respondent
+    answer = await respondent.answer(
+        respondent_offer.sdp, [dataclasses.asdict(t) for t in respondent_offer.tracks]
+    )
+    follow_up = await room.media.accept_answer(RESPONDENT, answer)
+    assert follow_up is not None and follow_up.renegotiation
+    assert "interpreter" in {t.seat for t in follow_up.tracks}
+    slots = [dataclasses.asdict(t) for t in follow_up.tracks]
+    assert (
+        await room.media.accept_answer(RESPONDENT, await respondent.answer(follow_up.sdp, slots))
+        is None
+    )
+
+    await room.join(interpreter)
+    room.media.update_view(SessionView(admitted=set(everyone)))
+    await until(
+        lambda: all(
+            room.frames(s, p, kind) >= 30
+            for s in everyone
+            for p in everyone
+            if s != p
+            for kind in ("video", "audio")
+        ),
+        wait_s=20,
+    )
+    # The two who were talking all along never lost each other while everyone renegotiated.
+    for s, p in [(MEDIATOR, APPLICANT), (APPLICANT, MEDIATOR)]:
+        for kind in ("video", "audio"):
+            gap = room.peers[s].received_from(p.value, kind).longest_gap_s
+            assert gap < 0.5, f"{s} lost {p}'s {kind} for {gap:.2f} s"
+
+    await room.media.close()
+    recording = room.media.recording
+    assert recording is not None
+    recorded = {(f.seat, f.kind) for f in recording.files if f.frames > 0}
+    assert {("interpreter", "video"), ("interpreter", "audio")} <= recorded

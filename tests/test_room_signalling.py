@@ -91,7 +91,11 @@ class Client:
                 return message
 
     async def answer_offer(self) -> SyntheticPeer:
+        """Answer the next offer: on a new peer, or on the current one when it renegotiates."""
         offer = await self.next("offer")
+        if offer.get("renegotiation") and self.peer is not None:
+            await self.send("answer", sdp=await self.peer.answer(offer["sdp"], offer["tracks"]))
+            return self.peer
         peer = SyntheticPeer(synthetic_clip())
         sdp = await peer.answer(offer["sdp"], offer["tracks"])
         await self.send("answer", sdp=sdp)

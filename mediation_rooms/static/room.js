@@ -11,6 +11,7 @@
   var SEAT_NAMES = { mediator: "调解员", applicant: "申请人", respondent: "被申请人",
                      interpreter: "翻译", applicant_agent: "申请人代理人", respondent_agent: "被申请人代理人" };
   var CLOSE_FINAL = { 4401: true, 4403: true, 4409: true, 4410: true };
+  var CLOSE_MOVED = 4302;
   // Debug handle, read-only, for tests and support (the browser console): the live
   // RTCPeerConnection, the offer's track list (mid -> seat, kind, direction) and this page's seat.
   // Nothing on the page reads it.
@@ -116,9 +117,36 @@
 
   // -- 3. signalling -----------------------------------------------------------------------------
   function send(message) { if (state.ws && state.ws.readyState === 1) state.ws.send(JSON.stringify(message)); }
+  // Every (re)connection first asks which media process hosts the room: after a drop it may
+  // be another one (the first went down, or the room moved). A refusal there is final.
   function connect() {
-    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    var ws = new WebSocket(scheme + location.host + "/rooms/ws");
+    var request = new XMLHttpRequest();
+    request.open("POST", "/rooms/placement");
+    request.setRequestHeader("Content-Type", "application/json");
+    request.timeout = 10000;
+    request.onload = function () {
+      var body = null;
+      try { body = JSON.parse(request.responseText); } catch (e) { body = null; }
+      if (request.status === 200 && body && body.signalling_url) { openSocket(body.signalling_url); return; }
+      if (body && (request.status === 403 || request.status === 410 || request.status === 400)) {
+        closed("无法进入", body.message);
+        return;
+      }
+      retryLater(body && body.message);
+    };
+    request.onerror = request.ontimeout = function () { retryLater(null); };
+    request.send(JSON.stringify({ token: token }));
+  }
+  function retryLater(message) {
+    if (state.ended) return;
+    state.retries += 1;
+    notice(message || "网络中断，正在重新连接……");
+    setTimeout(connect, Math.min(10000, 1000 * state.retries));
+  }
+  function openSocket(url) {
+    // A path means this page's own origin (one process serves the page and the room).
+    if (url.charAt(0) === "/") url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + url;
+    var ws = new WebSocket(url);
     state.ws = ws;
     ws.onopen = function () { send(state.joinMessage); };
     // Only the current socket speaks for the page: one given up on (a refused identity) must
@@ -126,10 +154,10 @@
     ws.onmessage = function (event) { if (ws === state.ws) handle(JSON.parse(event.data)); };
     ws.onclose = function (event) {
       if (ws !== state.ws || state.ended || CLOSE_FINAL[event.code]) return;
-      // The network dropped: reconnect with the same join; an admitted seat goes straight back in.
-      state.retries += 1;
-      notice("网络中断，正在重新连接……");
-      setTimeout(connect, Math.min(10000, 1000 * state.retries));
+      // The network dropped, or the room moved to another media process (CLOSE_MOVED):
+      // reconnect with the same join; an admitted seat goes straight back in.
+      if (event.code === CLOSE_MOVED) { notice("正在为您切换视频线路，请稍候……"); setTimeout(connect, 300); return; }
+      retryLater(null);
     };
   }
   function handle(message) {
@@ -144,11 +172,14 @@
       case "presence": state.presence = message; renderPresence(); break;
       case "notice": notice(message.message); break;
       case "chat": chatLine(message.seat, message.text); break;
+      case "seat_opened": showInvite(message); break;
       case "replaced": closed("已在其他设备进入", message.message); break;
+      case "moved": notice(message.message); break;
       case "removed": closed("已离开调解室", message.message); break;
       case "denied": closed("暂未获准进入", message.message); break;
       case "ended": closed("调解已结束", message.message); break;
       case "error":
+        if (message.code === "moved") break;  // the socket closes with CLOSE_MOVED: see onclose
         if (!$("step-consent").hidden || !$("step-waiting").hidden) {
           if (message.code === "identity_mismatch" || message.code === "identity_required" ||
               message.code === "consent_required") {
@@ -158,33 +189,50 @@
             return;
           }
           closed("无法进入", message.message);
-        } else notice(message.message);
+        } else if (INVITE_ERRORS[message.code]) inviteMessage(message.message, true);
+        else notice(message.message);
         break;
     }
   }
 
   // -- 4. media ----------------------------------------------------------------------------------
+  // Offers are answered one at a time, in order: a renegotiation (a seat was opened) must not
+  // overtake the offer that created the connection it renegotiates.
+  var negotiation = Promise.resolve();
   function answer(offer) {
+    negotiation = negotiation.then(function () { return negotiate(offer); })
+      .catch(function (error) { if (window.console) console.error("offer failed", error); });
+  }
+  function slotOf(mid) { return state.tracks.filter(function (t) { return t.mid === mid; })[0]; }
+  function newPeerConnection() {
     if (state.pc) state.pc.close();
     var pc = new RTCPeerConnection({ iceServers: state.iceServers, bundlePolicy: "max-bundle" });
-    state.pc = pc; state.tracks = offer.tracks;
+    state.pc = pc;
     pc.onicecandidate = function (event) {
       if (event.candidate) send({ type: "ice", candidate: event.candidate.candidate, sdpMid: event.candidate.sdpMid });
     };
     pc.ontrack = function (event) {
-      var slot = offer.tracks.filter(function (t) { return t.mid === event.transceiver.mid; })[0];
+      var slot = slotOf(event.transceiver.mid);
       if (!slot) return;
       var video = tile(slot.seat).querySelector("video");
       if (!video.srcObject) video.srcObject = new MediaStream();
       video.srcObject.addTrack(event.track);
     };
-    pc.setRemoteDescription({ type: "offer", sdp: offer.sdp }).then(function () {
+    return pc;
+  }
+  // A first offer (or one after a reconnect) gets a new peer connection; a renegotiation is
+  // answered on the current one, whose media keeps flowing: only the new seat's m-lines are new.
+  function negotiate(offer) {
+    var pc = state.pc;
+    if (!offer.renegotiation || !pc || pc.signalingState === "closed") pc = newPeerConnection();
+    state.tracks = offer.tracks;
+    return pc.setRemoteDescription({ type: "offer", sdp: offer.sdp }).then(function () {
       pc.getTransceivers().forEach(function (transceiver) {
-        var slot = offer.tracks.filter(function (t) { return t.mid === transceiver.mid; })[0];
+        var slot = slotOf(transceiver.mid);
         if (slot && slot.direction === "send") {
           var local = state.stream.getTracks().filter(function (t) { return t.kind === slot.kind; })[0];
           transceiver.direction = "sendonly";
-          if (local) transceiver.sender.replaceTrack(local);
+          if (local && transceiver.sender.track !== local) transceiver.sender.replaceTrack(local);
         } else transceiver.direction = "recvonly";
       });
       return pc.createAnswer();
@@ -230,6 +278,7 @@
         (person.muted ? "（已静音）" : "") + (person.on_hold ? "（等候中）" : "");
     });
     if (state.seat !== "mediator") return;
+    renderInvite(p.participants);
     var waiting = $("waiting-list"), list = $("participant-list");
     waiting.innerHTML = ""; list.innerHTML = "";
     p.participants.forEach(function (person) {
@@ -252,6 +301,51 @@
     var b = document.createElement("button"); b.type = "button"; b.textContent = text;
     b.onclick = function () { send(message); }; return b;
   }
+  // 邀请翻译或代理人: the server opens the seat and answers with its link (seat_opened).
+  var EXTRA_SEATS = ["interpreter", "applicant_agent", "respondent_agent"], MAX_EXTRA_SEATS = 2;
+  var INVITE_ERRORS = { seat_taken: true, not_extra_seat: true, too_many_seats: true };
+  function renderInvite(participants) {
+    var taken = {}, extras = 0, select = $("invite-seat"), free = null;
+    participants.forEach(function (person) {
+      taken[person.seat] = true;
+      if (EXTRA_SEATS.indexOf(person.seat) >= 0) extras += 1;
+    });
+    Array.prototype.forEach.call(select.options, function (option) {
+      option.disabled = !!taken[option.value];
+      if (!option.disabled && free === null) free = option.value;
+    });
+    if (select.options[select.selectedIndex].disabled && free !== null) select.value = free;
+    var full = extras >= MAX_EXTRA_SEATS || free === null;
+    $("invite-form").hidden = full;
+    $("invite-full").hidden = !full;
+  }
+  $("invite-open").onclick = function () {
+    var name = $("invite-name").value.trim();
+    if (!name) { inviteMessage("请先填写对方的姓名。", true); return; }
+    send({ type: "open_seat", seat: $("invite-seat").value, name: name });
+  };
+  function inviteMessage(text, error) {
+    $("invite-message").textContent = text; $("invite-message").className = "message" + (error ? " error" : "");
+  }
+  function showInvite(message) {
+    $("invite-name").value = "";
+    inviteMessage("已为" + (SEAT_NAMES[message.seat] || message.seat) + " " + message.name +
+      " 生成进入链接，请复制后发给对方。对方进入后会在等候室，由您允许进入。", false);
+    $("invite-link").value = message.link;
+    $("invite-copy").textContent = "复制链接";
+    $("invite-result").hidden = false;
+  }
+  $("invite-copy").onclick = function () {
+    var field = $("invite-link"), copy = $("invite-copy");
+    function copied() { copy.textContent = "已复制"; }
+    function byHand() {
+      field.focus(); field.select();
+      try { if (document.execCommand("copy")) { copied(); return; } } catch (e) { /* below */ }
+      copy.textContent = "请长按链接复制";
+    }
+    if (navigator.clipboard && navigator.clipboard.writeText) navigator.clipboard.writeText(field.value).then(copied, byHand);
+    else byHand();
+  };
   Array.prototype.forEach.call(document.querySelectorAll("[data-caucus]"), function (b) {
     b.onclick = function () { send({ type: "caucus", "with": b.getAttribute("data-caucus") || null }); };
   });

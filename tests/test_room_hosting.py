@@ -1,0 +1,123 @@
+"""When a process starts and stops hosting a room: an ended room is never hosted again, and a
+room everyone left is let go and picked up again on the next join."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mediation_rooms.signalling import ProtocolError
+from state import room_store
+from tests.conftest import REDIS_URL
+from tests.harness import ADMIN_TOKEN, RunningJiefen, running_jiefen
+from tests.test_room_signalling import Client, file_case, open_room, token_of, wait_frames
+from tests.test_state_case_store import ID_NUMBER
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+async def quick_release(
+    pg_database_url: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[RunningJiefen]:
+    """A Jiefen that lets a room go half a second after the last person left."""
+    async with running_jiefen(
+        database_url=pg_database_url,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        data_dir=tmp_path,
+        admin_api_token=ADMIN_TOKEN,
+        room_empty_grace_s=0.5,
+    ) as running:
+        yield running
+
+
+async def join(
+    jiefen: RunningJiefen, clients: list[Client], token: str, identity: str | None = None
+) -> Client:
+    client = Client(await jiefen.session.ws_connect(f"{jiefen.url}/rooms/ws"))
+    clients.append(client)
+    await client.send(
+        "join", token=token, identity=identity, consent_recording=True, acknowledged_notices=True
+    )
+    return client
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
+async def test_a_join_racing_the_end_does_not_host_the_ended_room(
+    jiefen: RunningJiefen, clients: list[Client]
+) -> None:
+    opened = await open_room(jiefen, await file_case(jiefen))
+    mediator = await join(jiefen, clients, token_of(opened["links"]["mediator"]))
+    await mediator.answer_offer()
+    # A join that read the room before the end and reaches hosting after it.
+    before_the_end = await room_store.get_room(jiefen.services.db, opened["room_id"])
+    assert before_the_end is not None and before_the_end.state == "open"
+    await mediator.send("end")
+    await mediator.next("ended")
+    await mediator.ws.receive(timeout=5)  # the close, answered
+    hub = jiefen.services.hub
+    deadline = time.monotonic() + 10
+    while opened["room_id"] in hub.live_rooms:  # the media closes after everyone is told
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    with pytest.raises(ProtocolError) as refused:
+        await hub._live_room(before_the_end)
+    assert refused.value.code == "room_closed"
+    assert opened["room_id"] not in hub.live_rooms
+
+
+async def test_an_empty_room_is_let_go_and_picked_up_again(
+    quick_release: RunningJiefen, clients: list[Client]
+) -> None:
+    jiefen = quick_release
+    hub = jiefen.services.hub
+    opened = await open_room(jiefen, await file_case(jiefen))
+    room_id, links = opened["room_id"], opened["links"]
+    mediator = await join(jiefen, clients, token_of(links["mediator"]))
+    await mediator.answer_offer()
+    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
+    await applicant.next("waiting")
+    await mediator.send("admit", seat="applicant")
+    await applicant.answer_offer()
+    await wait_frames(mediator, "applicant", 20)
+    assert hub.placement is not None and hub.node is not None
+    room_key = hub.placement.room_key(room_id)
+    assert await hub.redis.get(room_key) in (hub.node.node_id, hub.node.node_id.encode())
+
+    await mediator.close()
+    await applicant.close()
+    deadline = time.monotonic() + 10
+    while room_id in hub.live_rooms:
+        assert time.monotonic() < deadline, "the empty room was not let go"
+        await asyncio.sleep(0.1)
+    assert await hub.redis.get(room_key) is None  # its place is free for any process
+
+    mediator = await join(jiefen, clients, token_of(links["mediator"]))
+    await mediator.answer_offer()
+    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
+    await applicant.answer_offer()  # still admitted: straight back in
+    await wait_frames(mediator, "applicant", 20)
+    await wait_frames(applicant, "mediator", 20)
+
+    directory = jiefen.settings.recordings_dir / room_id
+    assert (directory / "applicant-video-02.webm").exists()
+    timeline: list[dict[str, Any]] = [
+        json.loads(line) for line in (directory / "timeline.jsonl").read_text().splitlines()
+    ]
+    events = [entry["event"] for entry in timeline]
+    stopped = events.index("hosting_stopped")
+    assert "recording_resumed" in events[stopped:]
