@@ -31,7 +31,12 @@ from cases.service import CaseService
 from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
-from mediation_rooms.finalise import JOB_FINALISE_RECORDING, MAX_RUNTIME_S, RecordingFinaliser
+from mediation_rooms.finalise import (
+    JOB_FINALISE_RECORDING,
+    MAX_RUNTIME_S,
+    RecordingFinaliser,
+    sweep_unfinalised,
+)
 from mediation_rooms.media_session import MediaConfig
 from mediation_rooms.placement import MediaNode, MediaPlacement, NodeHeartbeat, signalling_url_for
 from mediation_rooms.room_hub import RoomHub
@@ -155,6 +160,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     stop = asyncio.Event()
     worker: asyncio.Task[None] | None = None
     heartbeat: NodeHeartbeat | None = None
+    sweeper: asyncio.Task[None] | None = None
     try:
         routing = load_routing_table(settings.routing_file)
         await organisation_store.sync_organisations(db, routing)
@@ -248,6 +254,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         if settings.embedded_worker:
             worker = asyncio.create_task(background.run(stop), name="embedded-worker")
+            sweeper = asyncio.create_task(
+                sweep_unfinalised(db, jobs, stop), name="finalisation-sweep"
+            )
         yield
     finally:
         # Replies still being computed go to the outbox first; then the worker stops.
@@ -260,6 +269,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         stop.set()
         if worker is not None:
             await asyncio.wait([worker], timeout=15)
+        if sweeper is not None:
+            await asyncio.wait([sweeper], timeout=5)
         await http.close()
         await redis.aclose()
         await db.dispose()

@@ -82,6 +82,45 @@ async def enqueue_finalisation(jobs: JobQueue, room_id: str) -> None:
     await jobs.enqueue(JOB_FINALISE_RECORDING, {"room_id": room_id}, job_id=f"finalise:{room_id}")
 
 
+#: How often a worker looks for ended rooms whose finalisation was never queued (seconds).
+SWEEP_INTERVAL_S = 10 * 60
+
+
+async def enqueue_unfinalised(db: AsyncEngine, jobs: JobQueue) -> list[str]:
+    """Queue the finalisation of every ended room that has none queued; returns those rooms.
+
+    A media process killed between ending a room and queueing its job (or Redis lost at that
+    moment) leaves an ended room nobody finalises: its people are gone, its recording is
+    unsealed. This finds them. Idempotent (the job id is the room's), and a finalisation that
+    failed for good (in the dead-letter list) is left for an operator (``jiefen room finalise``).
+    """
+    dead = {
+        str(job.get("payload", {}).get("room_id"))
+        for job in await jobs.dead_jobs()
+        if job.get("kind") == JOB_FINALISE_RECORDING
+    }
+    queued = []
+    for room_id in await room_store.ended_room_ids(db):
+        if room_id in dead:
+            continue
+        await enqueue_finalisation(jobs, room_id)
+        queued.append(room_id)
+    return queued
+
+
+async def sweep_unfinalised(db: AsyncEngine, jobs: JobQueue, stop: asyncio.Event) -> None:
+    """Run :func:`enqueue_unfinalised` now and every :data:`SWEEP_INTERVAL_S` until ``stop``."""
+    while not stop.is_set():
+        try:
+            queued = await enqueue_unfinalised(db, jobs)
+            if queued:
+                log.info("finalisation queued (again) for %d ended room(s)", len(queued))
+        except Exception:
+            log.exception("looking for ended rooms to finalise failed; trying again later")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=SWEEP_INTERVAL_S)
+
+
 @dataclass(frozen=True, slots=True)
 class Finalised:
     room_id: str

@@ -264,6 +264,16 @@ async def rooms_of_case(db: AsyncEngine, case_no: str) -> list[RoomRecord]:
     return [room for room in rooms if room is not None]
 
 
+async def ended_room_ids(db: AsyncEngine) -> list[str]:
+    """Rooms in state ``ended`` (their recording not yet archived), the earliest ended first."""
+    with storage_errors("list the ended rooms"):
+        async with db.begin() as connection:
+            ids = await connection.execute(
+                sa.select(_ROOMS.c.id).where(_ROOMS.c.state == "ended").order_by(_ROOMS.c.ended_at)
+            )
+            return list(ids.scalars())
+
+
 async def set_room_state(
     db: AsyncEngine, room_id: str, *, expected: str, new: str, now: datetime
 ) -> bool:

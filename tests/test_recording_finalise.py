@@ -31,6 +31,7 @@ from mediation_rooms.finalise import (
     RecordingFinaliser,
     RenderFailed,
     enqueue_finalisation,
+    enqueue_unfinalised,
 )
 from mediation_rooms.manifest import MANIFEST_NAME, SIGNATURE_NAME, verify_recording
 from state import room_store
@@ -277,6 +278,34 @@ async def test_the_worker_buries_a_finalisation_that_can_never_work(
         assert await jobs.pending_count() == 0
         room = await room_store.get_room(db, room_id)
         assert room is not None and room.state == "archived"
+
+
+async def test_ended_rooms_whose_finalisation_was_never_queued_are_found(
+    db: AsyncEngine,
+    finaliser: RecordingFinaliser,
+    redis_client: aioredis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """A media process killed between ending a room and queueing its job: the sweep queues it;
+    a finalisation that failed for good is left to an operator; an archived room is done."""
+    jobs = JobQueue(redis_client, prefix=redis_prefix)
+    forgotten = await ended_room(db, tmp_path / "recordings", record=False)
+    hopeless = await ended_room(db, tmp_path / "recordings", record=False)
+    await enqueue_finalisation(jobs, hopeless)
+    job = await jobs.claim()
+    assert job is not None and job.payload == {"room_id": hopeless}
+    assert await jobs.bury(job, error="the disk is gone")
+
+    assert await enqueue_unfinalised(db, jobs) == [forgotten]
+    assert await enqueue_unfinalised(db, jobs) == [forgotten]  # queued once all the same
+    assert await jobs.pending_count() == 1
+    job = await jobs.claim()
+    assert job is not None and job.payload == {"room_id": forgotten}
+    await finaliser.run_job(job, jobs)
+    room = await room_store.get_room(db, forgotten)
+    assert room is not None and room.state == "archived"
+    assert await enqueue_unfinalised(db, jobs) == []
 
 
 def _jiefen(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
