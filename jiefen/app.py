@@ -123,6 +123,7 @@ def create_app(settings: Settings) -> web.Application:
         app[FAKE_WECHAT] = fake
         app.add_subapp(DEV_WECHAT_API_PATH, make_dev_wechat_app(fake))
     app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_hand_rooms_over)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _health)
     if settings.role != "media":
@@ -274,6 +275,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await http.close()
         await redis.aclose()
         await db.dispose()
+
+
+async def _hand_rooms_over(app: web.Application) -> None:
+    """At shutdown, before open connections are waited for: every hosted room is handed over
+    (its people told to reconnect, through placement, to another media process)."""
+    if ROOM_HUB in app:
+        await app[ROOM_HUB].close()
 
 
 async def _index(request: web.Request) -> web.Response:

@@ -163,6 +163,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if role == "media" and not settings.public_url:
+        print(
+            "jiefen serve --role media writes join links (a seat opened in the session) to the "
+            "web processes' join page: set JIEFEN_PUBLIC_URL to their public address, and "
+            "JIEFEN_MEDIA_PUBLIC_URL to where browsers reach this process",
+            file=sys.stderr,
+        )
+        return 2
     updates: dict[str, object] = {"role": role, "embedded_worker": role == "all"}
     if args.host:
         updates["host"] = args.host
@@ -172,12 +180,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     base = settings.resolved_public_url.rstrip("/")
     scheme = "https" if settings.serves_https else "http"
     print(f"解纷 Jiefen serving on {scheme}://{settings.host}:{settings.port}")
-    print(f"  WeChat webhook : {base}/wechat")
     if settings.role != "media":
+        print(f"  WeChat webhook : {base}/wechat")
         print(f"  join page      : {base}/join  (links from `jiefen room open CASE_NO`)")
     if settings.hosts_rooms:
         print(
-            f"  rooms (media)  : {settings.resolved_media_public_url}"
+            f"  rooms (media)  : {settings.resolved_media_public_url or 'this address'}"
             f"  (node {settings.resolved_media_node_id})"
         )
     print(f"  health         : {base}/healthz")

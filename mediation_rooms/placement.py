@@ -18,13 +18,21 @@ agrees on that process, with nothing kept in any process's memory:
   ``media:node:<id>:rooms`` is the set of rooms placed on or hosted by a node: its size is the
   node's load, so two placements at the same moment do not both pick the emptiest node.
 - **Claim.** A node hosts a room only after :meth:`MediaPlacement.claim` succeeds, which it
-  does unless another *live* node holds the room: so two processes never record one room into
-  the same files. The host renews its claim with every heartbeat (:meth:`heartbeat`); a claim
-  it finds taken by another node is reported back as lost, and the caller stops hosting it.
+  does unless another *live* node holds the room, or the claiming node is not registered
+  itself. The host renews its claims with every heartbeat (:meth:`heartbeat`); a claim it finds
+  taken by another node is reported back as lost, and the caller stops hosting the room.
+- **Fencing.** A node that cannot renew its registration (Redis unreachable, its event loop
+  stalled) stops hosting all its rooms by itself after :data:`FENCE_AFTER_S`, before the
+  others may take it for dead at :data:`NODE_TTL_S`: so a room is not hosted by two processes
+  at once. Should it happen anyway (a stall longer than that, during which the loop cannot run
+  the fence), the recording's part files are created exclusively: the two write different
+  parts, never one file.
 - **Failover.** A killed node's heartbeat stops; within :data:`NODE_TTL_S` its rooms count as
   vacant, the next join is placed on a live node, and that node resumes the room from its live
-  state in Redis (see :mod:`mediation_rooms.room_hub`). The recordings directory must be
-  storage every media process and worker shares (one host's disk, or a shared mount).
+  state in Redis (see :mod:`mediation_rooms.room_hub`). The page notices through its socket
+  closing, or, when the host vanished without closing it (power, network), through its peer
+  connection failing (ICE consent, some 15–30 s). The recordings directory must be storage
+  every media process and worker shares (one host's disk, or a shared mount).
 
 The scripts run atomically in Redis. They read keys derived from their arguments (node keys),
 which standalone Redis and Sentinel allow; a Redis Cluster deployment would need the keys of a
@@ -49,6 +57,9 @@ log = logging.getLogger(__name__)
 NODE_TTL_S = 10
 #: How often a live node renews its key and its rooms' claims (seconds).
 HEARTBEAT_S = 3.0
+#: A node that could not renew its key for this long stops hosting its rooms: a little before
+#: the others may take it for dead (NODE_TTL_S), so that no room is ever hosted twice.
+FENCE_AFTER_S = NODE_TTL_S - HEARTBEAT_S
 #: A hosted room's claim lasts this long without renewal (several heartbeats).
 CLAIM_TTL_S = 30
 #: A room placed on a node but not yet joined stays reserved there this long.
@@ -84,8 +95,12 @@ return best
 """
 
 # Makes ARGV[3] the room's node unless another live node holds it; returns that node or false.
+# A node that is not registered (its key expired: it was taken for dead) claims nothing.
 # KEYS: room key. ARGV: key prefix, room id, node id, claim TTL.
 _CLAIM = """
+if redis.call('EXISTS', ARGV[1] .. 'media:node:' .. ARGV[3]) == 0 then
+  return 'unregistered:' .. ARGV[3]
+end
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[3] then
   if redis.call('EXISTS', ARGV[1] .. 'media:node:' .. owner) == 1 then return owner end
@@ -252,7 +267,8 @@ class MediaPlacement:
             await pipe.execute()
 
     async def claim(self, room_id: str, node_id: str) -> str | None:
-        """Make ``node_id`` the room's host; returns the other live node holding it, if any."""
+        """Make ``node_id`` the room's host; returns the other live node holding it, if any
+        (``unregistered:<node_id>`` when ``node_id`` itself is not registered as alive)."""
         owner = await self._claim(
             keys=[self.room_key(room_id)], args=[self.prefix, room_id, node_id, CLAIM_TTL_S]
         )
@@ -296,17 +312,23 @@ class NodeHeartbeat:
         hosted: Callable[[], Iterable[str]],
         on_lost: Callable[[str], Awaitable[None]],
         interval_s: float = HEARTBEAT_S,
+        fence_after_s: float = FENCE_AFTER_S,
     ) -> None:
         self.placement = placement
         self.node = node
         self._hosted = hosted
         self._on_lost = on_lost
         self._interval_s = interval_s
+        self._fence_after_s = fence_after_s
         self._task: asyncio.Task[None] | None = None
+        self._handing_over: set[asyncio.Future[None]] = set()
+        #: When the node's registration was last renewed (monotonic clock).
+        self.renewed_at = time.monotonic()
 
     async def start(self) -> None:
         """Register now (a node is placeable as soon as it serves) and renew in the background."""
         await self.placement.register(self.node)
+        self.renewed_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=f"media-node-{self.node.node_id}")
 
     async def stop(self) -> None:
@@ -318,22 +340,61 @@ class NodeHeartbeat:
         with contextlib.suppress(Exception):
             await self.placement.deregister(self.node.node_id, list(self._hosted()))
 
-    async def beat(self) -> None:
-        """One renewal; rooms another node has taken over are handed to ``on_lost``."""
-        for room_id in await self.placement.heartbeat(self.node, list(self._hosted())):
+    async def beat(self, timeout_s: float | None = None) -> None:
+        """One renewal, within ``timeout_s`` (default: one interval); rooms another node has
+        taken over are handed to ``on_lost`` (each in its own task: the next beat must not
+        wait for them)."""
+        hosted = list(self._hosted())
+        started = time.monotonic()  # the TTL runs from no earlier than this
+        async with asyncio.timeout(timeout_s if timeout_s is not None else self._interval_s):
+            lost = await self.placement.heartbeat(self.node, hosted)
+            # A room let go while this beat was under way had its claim renewed: drop it again.
+            now_hosted = set(self._hosted())
+            for room_id in hosted:
+                if room_id not in now_hosted and room_id not in lost:
+                    await self.placement.release(room_id, self.node.node_id)
+        self.renewed_at = started
+        for room_id in lost:
             log.error(
                 "room %s: another media node took it over; this node stops hosting it", room_id
             )
-            await self._on_lost(room_id)
+            self._spawn(self._on_lost(room_id))
+
+    def _until_fence(self) -> float:
+        return self.renewed_at + self._fence_after_s - time.monotonic()
+
+    def _bounded_by_fence(self, seconds: float) -> float:
+        remaining = self._until_fence()
+        return seconds if remaining <= 0 else min(seconds, remaining)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._handing_over.add(task)
+        task.add_done_callback(self._handing_over.discard)
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            # Never sleep or wait past the fencing deadline (it must be checked in time), but
+            # once past it (fenced: Redis away), go at the normal pace.
+            await asyncio.sleep(self._bounded_by_fence(self._interval_s))
             try:
-                await self.beat()
+                await self.beat(timeout_s=max(0.1, self._bounded_by_fence(self._interval_s)))
             except Exception:
-                # Redis unreachable for a moment: try again; the TTLs give several beats' slack.
+                # Redis unreachable or slow: try again; the TTLs give a few beats' slack.
                 log.exception("media node %s: heartbeat failed", self.node.node_id)
+            if self._until_fence() <= 0:
+                # By now the other processes may take this one for dead and place its rooms
+                # elsewhere: stop hosting them here rather than record any room twice.
+                hosted = list(self._hosted())
+                if hosted:
+                    log.error(
+                        "media node %s: not renewed for %.0f s; handing over %d room(s)",
+                        self.node.node_id,
+                        time.monotonic() - self.renewed_at,
+                        len(hosted),
+                    )
+                for room_id in hosted:
+                    self._spawn(self._on_lost(room_id))
 
 
 def _text(value: Any) -> str:

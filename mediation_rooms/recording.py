@@ -23,8 +23,10 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -160,6 +162,11 @@ class TrackRecorder:
                 self._container.close()
             except Exception:
                 log.exception("recording %s: close failed", self.info.path)
+        else:
+            # Nothing decodable arrived: drop the reserved, empty name.
+            with contextlib.suppress(FileNotFoundError):
+                if self.info.path.stat().st_size == 0:
+                    self.info.path.unlink()
 
 
 @dataclass
@@ -187,18 +194,30 @@ class RoomRecording:
 
     def record(self, publication: Publication) -> None:
         """Record ``publication`` from now on; a connection part gets its own file."""
+        if self._closed:
+            return
         key = (publication.seat, publication.kind)
         previous = self._recorders.pop(key, None)
         if previous is not None:
             previous.close()
-        part = self._parts.get(key) or self._next_part_on_disk(publication)
-        self._parts[key] = part + 1
         suffix = "ts" if publication.codec_name == "H264" else "webm"
+        part = max(self._parts.get(key, 1), self._next_part_on_disk(publication))
+        while True:
+            path = self.directory / f"{publication.seat}-{publication.kind}-{part:02d}.{suffix}"
+            try:
+                # Reserve the name now (exclusive create): another process recording this room
+                # meanwhile (a takeover while this one was thought dead) gets the next part
+                # rather than truncating this one.
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640))
+                break
+            except FileExistsError:
+                part += 1
+        self._parts[key] = part + 1
         info = TrackFile(
             seat=publication.seat,
             kind=publication.kind,
             part=part,
-            path=self.directory / f"{publication.seat}-{publication.kind}-{part:02d}.{suffix}",
+            path=path,
             codec=publication.codec_name,
         )
         self.files.append(info)

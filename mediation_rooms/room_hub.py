@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jiefen.errors import StorageUnavailable
 from mediation_rooms import texts
 from mediation_rooms.finalise import enqueue_finalisation
 from mediation_rooms.join_token import JoinClaims, JoinTokenError, verify_join_token
@@ -150,7 +151,11 @@ class LiveRoom:
             muted={SeatRole(seat) for seat in live.get("muted", [])},
             caucus=Side(live["caucus"]) if live.get("caucus") else None,
         )
-        self.live_since: float | None = live.get("live_since")
+        # The room clock's origin: from the live state, else (Redis lost it, or it expired)
+        # from the database, so that a live room hosted again is always recorded.
+        self.live_since: float | None = live.get("live_since") or (
+            record.live_at.timestamp() if record.live_at is not None else None
+        )
         self.seats = tuple(SeatRole(seat.seat) for seat in record.seats)
         self.media = RoomMedia(
             record.room_id,
@@ -363,16 +368,18 @@ class LiveRoom:
         if self.lifecycle.state is RoomState.ENDED and self.hub.jobs is not None:
             await enqueue_finalisation(self.hub.jobs, self.room_id)
 
-    async def hand_over(self, code: int, kind: str, message: str) -> None:
+    async def hand_over(self, code: int, kind: str, message: str, *, save: bool = True) -> None:
         """Stop hosting without ending: everyone is disconnected, the files are finished, and
-        the live state stays in Redis for the next host (this process or another)."""
+        the live state stays in Redis for the next host (this process or another). ``save``:
+        write this process's view of the session first (not when another host owns it now)."""
         attendees = list(self.attendees.values())
         self.attendees.clear()
         self.waiting.clear()
         self.event("hosting_stopped", reason=kind)
         await asyncio.gather(*(attendee.close(code, kind, message) for attendee in attendees))
         await self.media.close()
-        await self.save()
+        if save:
+            await self.save()
 
     async def open_seat(self, seat: SeatRole, name: str) -> str:
         """Open the extra ``seat`` for ``name`` during the session; returns its join link.
@@ -388,6 +395,10 @@ class LiveRoom:
             opened = await self.hub.rooms.open_seat(self.room_id, seat, name, now=datetime.now(UTC))
         except SeatRefused as refused:
             raise ProtocolError(refused.reason, texts.REFUSALS[refused.reason]) from None
+        except (StorageUnavailable, RuntimeError) as error:
+            # The mediator's connection stays up: they may try again in a moment.
+            log.warning("room %s: opening %s failed: %s", self.room_id, seat, error)
+            raise ProtocolError("try_again", texts.TRY_AGAIN) from None
         self.record = opened.room
         self.seats = (*self.seats, seat)
         offers = await self.media.add_seat(seat)
@@ -457,12 +468,12 @@ class RoomHub:
         return list(self.live_rooms)
 
     async def close(self) -> None:
-        """Process shutdown: close media (the files are finished); rooms stay resumable."""
+        """Process shutdown: hand every room over (its people are told and reconnect, through
+        placement, to another media process; the files are finished; the claim is released)."""
         for room in list(self.live_rooms.values()):
-            if room.idle_release is not None:
-                room.idle_release.cancel()
-            await room.media.close()
-        self.live_rooms.clear()
+            async with room.lock:
+                await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED)
+                await self.unhost(room)
 
     async def _live_room(self, record: RoomRecord) -> LiveRoom:
         """The hosted room of ``record``, hosting it now if this process does not yet.
@@ -489,18 +500,22 @@ class RoomHub:
             live = json.loads(raw) if raw else {}
             room = LiveRoom(self, current, live)
             self.live_rooms[record.room_id] = room
+            # Let go again unless someone gets in (a join that fails on the way must not leave
+            # the room hosted and claimed for ever); entering cancels this.
+            self.schedule_release_if_empty(room)
             return room
 
     async def unhost(self, room: LiveRoom) -> None:
-        """``room`` is no longer hosted here: forget it and release its claim."""
+        """``room`` is no longer hosted here: release its claim and forget it. Both under the
+        hub lock, so that a join cannot host it again in between and lose its new claim."""
         async with self.hub_lock:
             if self.live_rooms.get(room.room_id) is room:
+                if self.placement is not None and self.node is not None:
+                    await self.placement.release(room.room_id, self.node.node_id)
                 del self.live_rooms[room.room_id]
         if room.idle_release is not None:
             room.idle_release.cancel()
             room.idle_release = None
-        if self.placement is not None and self.node is not None:
-            await self.placement.release(room.room_id, self.node.node_id)
 
     def schedule_release_if_empty(self, room: LiveRoom) -> None:
         """Let ``room`` go after the grace period unless someone comes back meanwhile."""
@@ -535,10 +550,14 @@ class RoomHub:
         if room is None:
             return
         async with room.lock:
-            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED)
-        async with self.hub_lock:
-            if self.live_rooms.get(room_id) is room:
-                del self.live_rooms[room_id]
+            async with self.hub_lock:
+                if self.live_rooms.get(room_id) is not room:
+                    return
+                del self.live_rooms[room_id]  # a join waiting for the lock goes elsewhere
+            if room.idle_release is not None:
+                room.idle_release.cancel()
+                room.idle_release = None
+            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED, save=False)
 
     # -- the WebSocket endpoint ------------------------------------------------------------------
 
@@ -693,6 +712,8 @@ class RoomHub:
         seat = attendee.seat
         if isinstance(message, MEDIATOR_ONLY) and seat != SeatRole.MEDIATOR:
             raise ProtocolError("forbidden", texts.REFUSALS["forbidden"])
+        if isinstance(message, (Answer, IceCandidate)) and room.attendees.get(seat) is not attendee:
+            return  # from a socket replaced meanwhile: it belongs to the old peer connection
         if isinstance(message, Answer):
             try:
                 follow_up = await room.media.accept_answer(seat, message.sdp)

@@ -9,6 +9,7 @@ into one of the frozen dataclasses below or raises :class:`ProtocolError` with a
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,10 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
             raise ProtocolError("invalid_field", "'with' is 'applicant', 'respondent' or null")
         return Caucus(Side(side))
     if kind == "open_seat":
-        name = _str(data, "name", MAX_NAME_CHARS).strip()
+        # Shown to everyone and stored: no control or format characters (a right-to-left
+        # override would make a name read as something else).
+        raw = _str(data, "name", MAX_NAME_CHARS)
+        name = "".join(c for c in raw if unicodedata.category(c) not in ("Cc", "Cf")).strip()
         if not name:
             raise ProtocolError("invalid_field", "'name' is empty")
         return OpenSeat(_seat(data), name)

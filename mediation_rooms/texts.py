@@ -51,3 +51,4 @@ INVITATION = (
 )
 MOVED = "正在为您切换视频线路，请稍候……"
 NO_MEDIA_NODE = "视频服务暂时忙，请稍后再试。"
+TRY_AGAIN = "刚才没有成功，请稍后再试一次。"

@@ -105,10 +105,17 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
 
 
 async def _join_as(url: str, token: str) -> dict[str, object]:
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/rooms/ws") as ws:
-        await ws.send_json({"type": "join", "token": token})
-        message: dict[str, object] = await ws.receive_json(timeout=10)
-        return message
+    """Join as the page does: placement (the in-process stand-in runs its Lua), then the
+    socket it names, which in embedded mode is a path on the same origin."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/rooms/placement", json={"token": token}) as response:
+            assert response.status == 200, await response.text()
+            placed = await response.json()
+        assert placed["signalling_url"] == "/rooms/ws"
+        async with session.ws_connect(url + placed["signalling_url"]) as ws:
+            await ws.send_json({"type": "join", "token": token})
+            message: dict[str, object] = await ws.receive_json(timeout=10)
+            return message
 
 
 def _run(cwd: Path, command: list[str]) -> str:
@@ -200,6 +207,16 @@ def test_roles_that_share_work_refuse_to_start_without_a_shared_redis(tmp_path: 
         )
         assert result.returncode == 2, result
         assert "JIEFEN_REDIS_URL" in result.stderr
+    # A media process must know where the join page is (the links it writes).
+    result = subprocess.run(
+        [*JIEFEN, "serve", "--role", "media"],
+        env=dict(_clean_env(), JIEFEN_DATA_DIR=str(tmp_path), JIEFEN_REDIS_URL=REDIS_URL),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    assert "JIEFEN_PUBLIC_URL" in result.stderr
 
 
 async def _as_awaitable(value: object) -> object:

@@ -121,3 +121,44 @@ async def test_an_empty_room_is_let_go_and_picked_up_again(
     events = [entry["event"] for entry in timeline]
     stopped = events.index("hosting_stopped")
     assert "recording_resumed" in events[stopped:]
+
+
+async def test_a_live_room_hosted_again_without_its_live_state_is_still_recorded(
+    quick_release: RunningJiefen, clients: list[Client]
+) -> None:
+    """Redis lost the session state (restart without persistence, or it expired): the room is
+    live in the database, so recording resumes on the database's clock; admission is asked
+    again of the mediator."""
+    jiefen = quick_release
+    hub = jiefen.services.hub
+    opened = await open_room(jiefen, await file_case(jiefen))
+    room_id, links = opened["room_id"], opened["links"]
+    mediator = await join(jiefen, clients, token_of(links["mediator"]))
+    await mediator.answer_offer()
+    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
+    await applicant.next("waiting")
+    await mediator.send("admit", seat="applicant")
+    await applicant.answer_offer()
+    await wait_frames(mediator, "applicant", 20)
+    await mediator.close()
+    await applicant.close()
+    deadline = time.monotonic() + 10
+    while room_id in hub.live_rooms:
+        assert time.monotonic() < deadline, "the empty room was not let go"
+        await asyncio.sleep(0.1)
+    await hub.redis.delete(hub.live_key(room_id))
+
+    mediator = await join(jiefen, clients, token_of(links["mediator"]))
+    await mediator.answer_offer()
+    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
+    await applicant.next("waiting")  # nobody remembers the admission: the mediator decides
+    await mediator.send("admit", seat="applicant")
+    await applicant.answer_offer()
+    await wait_frames(mediator, "applicant", 20)
+    directory = jiefen.settings.recordings_dir / room_id
+    assert (directory / "applicant-video-02.webm").stat().st_size > 0
+    events = [
+        json.loads(line)["event"]
+        for line in (directory / "timeline.jsonl").read_text().splitlines()
+    ]
+    assert "recording_resumed" in events[events.index("hosting_stopped") :]

@@ -75,6 +75,7 @@ async def media_processes(
         JIEFEN_REDIS_PREFIX=redis_prefix,
         JIEFEN_DATA_DIR=str(tmp_path),  # the same keys and recordings as the web process
         JIEFEN_MEDIA_NODE_CAPACITY="1",
+        JIEFEN_PUBLIC_URL=web.url,  # join links (a seat opened in the session) lead to the web
     )
     started: dict[str, MediaProcess] = {}
     try:
@@ -212,6 +213,13 @@ async def _session_across_a_failover(
     await wait_frames(mediator, "applicant", 30)
     await wait_frames(applicant, "mediator", 30)
     assert await frames(mediator, "applicant") >= 30
+
+    # A seat opened on the media process gets a link to the web processes' join page.
+    await mediator.send("open_seat", seat="interpreter", name="阿依")
+    opened_seat = await mediator.next("seat_opened")
+    assert opened_seat["link"].startswith(f"{web.url}/join#")
+    status, body = await place(web, token_of(opened_seat["link"]))
+    assert status == 200 and body["node"] == survivor.node_id
 
     await mediator.send("end")
     await mediator.next("ended")

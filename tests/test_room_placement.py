@@ -6,7 +6,9 @@ The scripts run on the real Redis and, for the embedded mode, on the in-process 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 
 import fakeredis
 import pytest
@@ -36,6 +38,13 @@ async def placement(
     stand_in = fakeredis.FakeAsyncRedis()
     yield MediaPlacement(stand_in, prefix=redis_prefix)
     await stand_in.aclose()
+
+
+async def until(condition: Callable[[], bool], wait_s: float = 2.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 async def kill(placement: MediaPlacement, node: MediaNode) -> None:
@@ -109,11 +118,49 @@ async def test_heartbeat_reports_a_room_taken_over_and_forgets_lapsed_reservatio
 
     heartbeat = NodeHeartbeat(placement, NODE_A, hosted=lambda: ["room-1"], on_lost=on_lost)
     await heartbeat.beat()
-    assert lost == ["room-1"]
+    await until(lambda: lost == ["room-1"])
     assert await placement.node("a") == NODE_A  # registered again by the beat
     rooms_of_a = f"{placement.node_key('a')}:rooms"
     assert await placement.redis.smembers(rooms_of_a) == set()
     assert (await placement.place("room-1")).node_id == "b"
+
+
+async def test_a_node_taken_for_dead_claims_nothing(placement: MediaPlacement) -> None:
+    await placement.register(NODE_A)
+    await kill(placement, NODE_A)
+    assert await placement.claim("room-1", "a") == "unregistered:a"
+    assert await placement.redis.get(placement.room_key("room-1")) is None
+
+
+async def test_a_node_that_cannot_renew_stops_hosting_before_it_counts_as_dead(
+    placement: MediaPlacement, redis_prefix: str
+) -> None:
+    """Redis out of reach: the node hands its rooms over itself, before the others may place
+    them elsewhere, so that no room is hosted by two processes."""
+    await placement.register(NODE_B)
+    handed_over: list[str] = []
+
+    async def on_lost(room_id: str) -> None:
+        handed_over.append(room_id)
+
+    heartbeat = NodeHeartbeat(
+        placement,
+        NODE_A,
+        hosted=lambda: [room for room in ("room-1", "room-2") if room not in handed_over],
+        on_lost=on_lost,
+        interval_s=0.05,
+        fence_after_s=0.4,
+    )
+    unreachable = aioredis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
+    await heartbeat.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert handed_over == []  # renewing fine
+        heartbeat.placement = MediaPlacement(unreachable, prefix=redis_prefix)
+        await until(lambda: sorted(handed_over) == ["room-1", "room-2"], wait_s=5)
+    finally:
+        await heartbeat.stop()
+        await unreachable.aclose()
 
 
 async def test_release_frees_only_the_owners_room(placement: MediaPlacement) -> None:

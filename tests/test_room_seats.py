@@ -3,6 +3,8 @@ who may see and hear an extra seat's person. Pure: no I/O."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mediation_rooms.room import (
@@ -69,3 +71,17 @@ def test_an_interpreter_stays_with_the_mediator_and_an_agent_with_their_party_in
     view = SessionView(admitted=set(BASE_SEATS))
     assert not view.may_forward(MEDIATOR, INTERPRETER, "video")
     assert not view.may_forward(INTERPRETER, MEDIATOR, "audio")
+
+
+def test_a_seat_name_loses_control_and_format_characters() -> None:
+    from mediation_rooms.signalling import OpenSeat, ProtocolError, parse_client_message
+
+    message = parse_client_message(
+        json.dumps({"type": "open_seat", "seat": "interpreter", "name": " 阿依\u202e\u0007木呷 "})
+    )
+    assert message == OpenSeat(SeatRole.INTERPRETER, "阿依木呷")
+    with pytest.raises(ProtocolError) as refused:
+        parse_client_message(
+            json.dumps({"type": "open_seat", "seat": "interpreter", "name": "\u200b\u202e"})
+        )
+    assert refused.value.code == "invalid_field"

@@ -7,7 +7,7 @@
   // A mangled link (a broken %-escape) must reach the "链接不完整" page, not stop the script.
   try { token = decodeURIComponent((location.hash || "").replace(/^#/, "")); } catch (e) { token = ""; }
   var state = { ws: null, pc: null, stream: null, seat: null, tracks: [], ended: false,
-                joinMessage: null, retries: 0, presence: null, iceServers: [] };
+                joinMessage: null, retries: 0, moves: 0, presence: null, iceServers: [] };
   var SEAT_NAMES = { mediator: "调解员", applicant: "申请人", respondent: "被申请人",
                      interpreter: "翻译", applicant_agent: "申请人代理人", respondent_agent: "被申请人代理人" };
   var CLOSE_FINAL = { 4401: true, 4403: true, 4409: true, 4410: true };
@@ -146,7 +146,13 @@
   function openSocket(url) {
     // A path means this page's own origin (one process serves the page and the room).
     if (url.charAt(0) === "/") url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + url;
-    var ws = new WebSocket(url);
+    var ws;
+    try { ws = new WebSocket(url); } catch (e) {
+      // e.g. a ws:// media address from an https page (a configuration error): say so, retry.
+      if (window.console) console.error("cannot open", url, e);
+      retryLater("视频服务连接不上，正在重试……");
+      return;
+    }
     state.ws = ws;
     ws.onopen = function () { send(state.joinMessage); };
     // Only the current socket speaks for the page: one given up on (a refused identity) must
@@ -156,14 +162,15 @@
       if (ws !== state.ws || state.ended || CLOSE_FINAL[event.code]) return;
       // The network dropped, or the room moved to another media process (CLOSE_MOVED):
       // reconnect with the same join; an admitted seat goes straight back in.
-      if (event.code === CLOSE_MOVED) { notice("正在为您切换视频线路，请稍候……"); setTimeout(connect, 300); return; }
+      // The first move is followed at once; repeated ones back off like any other retry.
+      if (event.code === CLOSE_MOVED && state.moves++ === 0) { notice("正在为您切换视频线路，请稍候……"); setTimeout(connect, 300); return; }
       retryLater(null);
     };
   }
   function handle(message) {
     switch (message.type) {
       case "welcome":
-        state.seat = message.seat; state.retries = 0; state.iceServers = message.ice_servers || [];
+        state.seat = message.seat; state.retries = 0; state.moves = 0; state.iceServers = message.ice_servers || [];
         $("mediator-panel").hidden = message.seat !== "mediator";
         break;
       case "waiting": $("waiting-message").textContent = message.message; show("step-waiting"); break;
@@ -211,11 +218,24 @@
     pc.onicecandidate = function (event) {
       if (event.candidate) send({ type: "ice", candidate: event.candidate.candidate, sdpMid: event.candidate.sdpMid });
     };
+    // Media gone for good (the media process or its host died without closing the socket, which
+    // can then look open for minutes): give that socket up and reconnect through placement.
+    pc.onconnectionstatechange = function () {
+      if (pc !== state.pc || pc.connectionState !== "failed" || state.ended) return;
+      var old = state.ws; state.ws = null;
+      if (old) old.close();
+      retryLater(null);
+    };
     pc.ontrack = function (event) {
       var slot = slotOf(event.transceiver.mid);
       if (!slot) return;
       var video = tile(slot.seat).querySelector("video");
       if (!video.srcObject) video.srcObject = new MediaStream();
+      // After a reconnect the tile still holds the old connection's (ended) track of this kind,
+      // which a browser would go on showing: replace it.
+      video.srcObject.getTracks().forEach(function (old) {
+        if (old.kind === event.track.kind && old !== event.track) video.srcObject.removeTrack(old);
+      });
       video.srcObject.addTrack(event.track);
     };
     return pc;
