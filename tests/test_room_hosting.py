@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.signalling import ProtocolError
 from state import room_store
 from tests.conftest import REDIS_URL
@@ -49,6 +50,28 @@ async def join(
     return client
 
 
+async def live_with_applicant(
+    jiefen: RunningJiefen, clients: list[Client], links: dict[str, str]
+) -> tuple[Client, Client]:
+    """The mediator in, the applicant admitted (the room is live), media flowing."""
+    mediator = await join(jiefen, clients, token_of(links["mediator"]))
+    await mediator.answer_offer()
+    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
+    await applicant.next("waiting")
+    await mediator.send("admit", seat="applicant")
+    await applicant.answer_offer()
+    await wait_frames(mediator, "applicant", 20)
+    return mediator, applicant
+
+
+async def let_go(hub: RoomHub, room_id: str) -> None:
+    """Wait until the process no longer hosts ``room_id``."""
+    deadline = time.monotonic() + 10
+    while room_id in hub.live_rooms:
+        assert time.monotonic() < deadline, "the room is still hosted"
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def clients() -> AsyncIterator[list[Client]]:
     opened: list[Client] = []
@@ -70,10 +93,7 @@ async def test_a_join_racing_the_end_does_not_host_the_ended_room(
     await mediator.next("ended")
     await mediator.ws.receive(timeout=5)  # the close, answered
     hub = jiefen.services.hub
-    deadline = time.monotonic() + 10
-    while opened["room_id"] in hub.live_rooms:  # the media closes after everyone is told
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await let_go(hub, opened["room_id"])  # the media closes after everyone is told
     with pytest.raises(ProtocolError) as refused:
         await hub._live_room(before_the_end)
     assert refused.value.code == "room_closed"
@@ -87,23 +107,14 @@ async def test_an_empty_room_is_let_go_and_picked_up_again(
     hub = jiefen.services.hub
     opened = await open_room(jiefen, await file_case(jiefen))
     room_id, links = opened["room_id"], opened["links"]
-    mediator = await join(jiefen, clients, token_of(links["mediator"]))
-    await mediator.answer_offer()
-    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
-    await applicant.next("waiting")
-    await mediator.send("admit", seat="applicant")
-    await applicant.answer_offer()
-    await wait_frames(mediator, "applicant", 20)
+    mediator, applicant = await live_with_applicant(jiefen, clients, links)
     assert hub.placement is not None and hub.node is not None
     room_key = hub.placement.room_key(room_id)
     assert await hub.redis.get(room_key) in (hub.node.node_id, hub.node.node_id.encode())
 
     await mediator.close()
     await applicant.close()
-    deadline = time.monotonic() + 10
-    while room_id in hub.live_rooms:
-        assert time.monotonic() < deadline, "the empty room was not let go"
-        await asyncio.sleep(0.1)
+    await let_go(hub, room_id)
     assert await hub.redis.get(room_key) is None  # its place is free for any process
 
     mediator = await join(jiefen, clients, token_of(links["mediator"]))
@@ -133,19 +144,10 @@ async def test_a_live_room_hosted_again_without_its_live_state_is_still_recorded
     hub = jiefen.services.hub
     opened = await open_room(jiefen, await file_case(jiefen))
     room_id, links = opened["room_id"], opened["links"]
-    mediator = await join(jiefen, clients, token_of(links["mediator"]))
-    await mediator.answer_offer()
-    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
-    await applicant.next("waiting")
-    await mediator.send("admit", seat="applicant")
-    await applicant.answer_offer()
-    await wait_frames(mediator, "applicant", 20)
+    mediator, applicant = await live_with_applicant(jiefen, clients, links)
     await mediator.close()
     await applicant.close()
-    deadline = time.monotonic() + 10
-    while room_id in hub.live_rooms:
-        assert time.monotonic() < deadline, "the empty room was not let go"
-        await asyncio.sleep(0.1)
+    await let_go(hub, room_id)
     await hub.redis.delete(hub.live_key(room_id))
 
     mediator = await join(jiefen, clients, token_of(links["mediator"]))
