@@ -182,6 +182,11 @@ class Settings(BaseSettings):
         return self.public_url or f"{scheme}://{self.host}:{self.port}"
 
     @property
+    def serves_web(self) -> bool:
+        """Whether this process serves the webhook, the join page and the APIs."""
+        return self.role != "media"
+
+    @property
     def hosts_rooms(self) -> bool:
         """Whether this process hosts rooms (signalling and media)."""
         return self.role in ("all", "media")

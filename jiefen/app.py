@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_hand_rooms_over)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _health)
-    if settings.role != "media":
+    if settings.serves_web:
         app.router.add_get("/wechat", _webhook_verify)
         app.router.add_post("/wechat", _webhook_receive)
     add_room_routes(
@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> web.Application:
         finaliser=FINALISER,
         placement=PLACEMENT,
         admin_token=settings.admin_api_token,
-        serves_web=settings.role != "media",
+        serves_web=settings.serves_web,
         hosts_rooms=settings.hosts_rooms,
     )
     return app

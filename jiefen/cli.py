@@ -180,7 +180,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     base = settings.resolved_public_url.rstrip("/")
     scheme = "https" if settings.serves_https else "http"
     print(f"解纷 Jiefen serving on {scheme}://{settings.host}:{settings.port}")
-    if settings.role != "media":
+    if settings.serves_web:
         print(f"  WeChat webhook : {base}/wechat")
         print(f"  join page      : {base}/join  (links from `jiefen room open CASE_NO`)")
     if settings.hosts_rooms:

@@ -47,9 +47,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
+
+from state.redis_connection import LuaScript, as_text
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +190,17 @@ class MediaPlacement:
     def __init__(self, redis: aioredis.Redis, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._place = redis.register_script(_PLACE)
-        self._claim = redis.register_script(_CLAIM)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._place = LuaScript(redis, _PLACE)
+        self._claim = LuaScript(redis, _CLAIM)
+        self._renew = LuaScript(redis, _RENEW)
+        self._release = LuaScript(redis, _RELEASE)
 
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}media:node:{node_id}"
+
+    def rooms_key(self, node_id: str) -> str:
+        """The rooms placed on or hosted by ``node_id`` (its load)."""
+        return f"{self.node_key(node_id)}:rooms"
 
     def room_key(self, room_id: str) -> str:
         return f"{self.prefix}room:{room_id}:node"
@@ -214,38 +219,36 @@ class MediaPlacement:
         )
         if not node_id:
             raise NoMediaNode("no media process is running")
-        node = await self.node(_text(node_id))
+        node = await self.node(as_text(node_id))
         if node is None:  # died between the script and now: the next ask places it again
-            raise NoMediaNode(f"media node {_text(node_id)} just went away")
+            raise NoMediaNode(f"media node {as_text(node_id)} just went away")
         return node
 
     async def node(self, node_id: str) -> MediaNode | None:
         """The live node ``node_id``, or None when it is dead or unknown."""
-        fields = await self.redis.hgetall(self.node_key(node_id))
-        if not fields:
-            return None
-        info = {_text(k): _text(v) for k, v in fields.items()}
-        return MediaNode(
-            node_id=node_id, signalling_url=info["url"], capacity=int(info["capacity"])
-        )
+        info = await self._node_info(node_id)
+        return None if info is None else _node_from(node_id, info)
 
     async def nodes(self) -> list[NodeStatus]:
         """Every live node with its load, in id order."""
         statuses = []
-        for raw_id in sorted(_text(i) for i in await self.redis.smembers(self.nodes_key)):
-            fields = await self.redis.hgetall(self.node_key(raw_id))
-            if not fields:
+        for node_id in sorted(as_text(i) for i in await self.redis.smembers(self.nodes_key)):
+            info = await self._node_info(node_id)
+            if info is None:
                 continue
-            info = {_text(k): _text(v) for k, v in fields.items()}
             statuses.append(
                 NodeStatus(
-                    node=MediaNode(raw_id, info["url"], int(info["capacity"])),
+                    node=_node_from(node_id, info),
                     hosting=int(info.get("hosting", 0)),
-                    placed=int(await self.redis.scard(f"{self.node_key(raw_id)}:rooms")),
+                    placed=int(await self.redis.scard(self.rooms_key(node_id))),
                     started_at=float(info.get("started_at", 0)),
                 )
             )
         return statuses
+
+    async def _node_info(self, node_id: str) -> dict[str, str] | None:
+        fields = await self.redis.hgetall(self.node_key(node_id))
+        return {as_text(k): as_text(v) for k, v in fields.items()} if fields else None
 
     # -- the media side -----------------------------------------------------------------------
 
@@ -272,22 +275,22 @@ class MediaPlacement:
         owner = await self._claim(
             keys=[self.room_key(room_id)], args=[self.prefix, room_id, node_id, CLAIM_TTL_S]
         )
-        return _text(owner) if owner else None
+        return as_text(owner) if owner else None
 
     async def heartbeat(self, node: MediaNode, hosted: Iterable[str]) -> list[str]:
         """Renew the node and its hosted rooms' claims; returns the rooms another node took."""
         rooms = list(hosted)
         await self.register(node, hosting=len(rooms))
         lost = await self._renew(
-            keys=[f"{self.node_key(node.node_id)}:rooms"],
+            keys=[self.rooms_key(node.node_id)],
             args=[self.prefix, node.node_id, CLAIM_TTL_S, *rooms],
         )
-        return [_text(room) for room in lost]
+        return [as_text(room) for room in lost]
 
     async def release(self, room_id: str, node_id: str) -> None:
         """``node_id`` no longer hosts ``room_id`` (ended, or empty for a while)."""
         await self._release(
-            keys=[self.room_key(room_id), f"{self.node_key(node_id)}:rooms"],
+            keys=[self.room_key(room_id), self.rooms_key(node_id)],
             args=[room_id, node_id],
         )
 
@@ -296,7 +299,7 @@ class MediaPlacement:
         for room_id in hosted:
             await self.release(room_id, node_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.node_key(node_id), f"{self.node_key(node_id)}:rooms")
+            pipe.delete(self.node_key(node_id), self.rooms_key(node_id))
             pipe.srem(self.nodes_key, node_id)
             await pipe.execute()
 
@@ -397,5 +400,5 @@ class NodeHeartbeat:
                     self._spawn(self._on_lost(room_id))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _node_from(node_id: str, info: dict[str, str]) -> MediaNode:
+    return MediaNode(node_id=node_id, signalling_url=info["url"], capacity=int(info["capacity"]))

@@ -245,9 +245,7 @@ class LiveRoom:
     async def enter(self, attendee: Attendee) -> None:
         """A joined attendee: replaces an earlier device, then waits or gets media."""
         seat = attendee.seat
-        if self.idle_release is not None:
-            self.idle_release.cancel()
-            self.idle_release = None
+        self.cancel_idle_release()
         previous = self.attendees.get(seat)
         self.attendees[seat] = attendee
         if previous is not None:
@@ -368,6 +366,12 @@ class LiveRoom:
         if self.lifecycle.state is RoomState.ENDED and self.hub.jobs is not None:
             await enqueue_finalisation(self.hub.jobs, self.room_id)
 
+    def cancel_idle_release(self) -> None:
+        """Someone is (or will be) in the room, or it is no longer hosted: keep it as it is."""
+        if self.idle_release is not None:
+            self.idle_release.cancel()
+            self.idle_release = None
+
     async def hand_over(self, code: int, kind: str, message: str, *, save: bool = True) -> None:
         """Stop hosting without ending: everyone is disconnected, the files are finished, and
         the live state stays in Redis for the next host (this process or another). ``save``:
@@ -471,9 +475,7 @@ class RoomHub:
         """Process shutdown: hand every room over (its people are told and reconnect, through
         placement, to another media process; the files are finished; the claim is released)."""
         for room in list(self.live_rooms.values()):
-            async with room.lock:
-                await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED)
-                await self.unhost(room)
+            await self._stop_hosting(room)
 
     async def _live_room(self, record: RoomRecord) -> LiveRoom:
         """The hosted room of ``record``, hosting it now if this process does not yet.
@@ -513,14 +515,11 @@ class RoomHub:
                 if self.placement is not None and self.node is not None:
                     await self.placement.release(room.room_id, self.node.node_id)
                 del self.live_rooms[room.room_id]
-        if room.idle_release is not None:
-            room.idle_release.cancel()
-            room.idle_release = None
+        room.cancel_idle_release()
 
     def schedule_release_if_empty(self, room: LiveRoom) -> None:
         """Let ``room`` go after the grace period unless someone comes back meanwhile."""
-        if room.idle_release is not None:
-            room.idle_release.cancel()
+        room.cancel_idle_release()
         room.idle_release = asyncio.create_task(
             self._release_after_grace(room), name=f"release-{room.room_id}"
         )
@@ -535,29 +534,32 @@ class RoomHub:
 
     async def release_if_empty(self, room: LiveRoom) -> bool:
         """Stop hosting ``room`` if nobody is in it; returns whether it was let go."""
-        async with room.lock:
-            if room.attendees or self.live_rooms.get(room.room_id) is not room:
-                return False
+        released = await self._stop_hosting(room, only_if_empty=True)
+        if released:
             log.info("room %s: empty for a while; no longer hosted here", room.room_id)
-            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED)
-            await self.unhost(room)
-            return True
+        return released
 
     async def lost(self, room_id: str) -> None:
         """Another media process holds ``room_id`` now (this one was taken for dead): stop
         hosting it without touching its state; its people reconnect to the new host."""
         room = self.live_rooms.get(room_id)
-        if room is None:
-            return
+        if room is not None:
+            await self._stop_hosting(room, save=False)
+
+    async def _stop_hosting(
+        self, room: LiveRoom, *, save: bool = True, only_if_empty: bool = False
+    ) -> bool:
+        """Hand ``room`` over (people told to reconnect elsewhere with 4302, files finished,
+        live state saved if ``save``) and stop hosting it, all under its lock: a join waiting
+        for the lock then finds the room no longer hosted and goes through hosting again.
+        Returns False, doing nothing, if it is not hosted here (or, ``only_if_empty``, has
+        someone in it)."""
         async with room.lock:
-            async with self.hub_lock:
-                if self.live_rooms.get(room_id) is not room:
-                    return
-                del self.live_rooms[room_id]  # a join waiting for the lock goes elsewhere
-            if room.idle_release is not None:
-                room.idle_release.cancel()
-                room.idle_release = None
-            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED, save=False)
+            if self.live_rooms.get(room.room_id) is not room or (only_if_empty and room.attendees):
+                return False
+            await room.hand_over(CLOSE_MOVED, "moved", texts.MOVED, save=save)
+            await self.unhost(room)
+            return True
 
     # -- the WebSocket endpoint ------------------------------------------------------------------
 

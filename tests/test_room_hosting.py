@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ from mediation_rooms.signalling import ProtocolError
 from state import room_store
 from tests.conftest import REDIS_URL
 from tests.harness import ADMIN_TOKEN, RunningJiefen, running_jiefen
-from tests.test_room_signalling import Client, file_case, open_room, token_of, wait_frames
+from tests.test_room_signalling import (
+    Client,
+    admit_applicant,
+    file_case,
+    open_room,
+    token_of,
+    wait_frames,
+)
 from tests.test_state_case_store import ID_NUMBER
 
 pytestmark = pytest.mark.services
@@ -44,9 +52,7 @@ async def join(
 ) -> Client:
     client = Client(await jiefen.session.ws_connect(f"{jiefen.url}/rooms/ws"))
     clients.append(client)
-    await client.send(
-        "join", token=token, identity=identity, consent_recording=True, acknowledged_notices=True
-    )
+    await client.send_join(token, identity)
     return client
 
 
@@ -54,14 +60,7 @@ async def live_with_applicant(
     jiefen: RunningJiefen, clients: list[Client], links: dict[str, str]
 ) -> tuple[Client, Client]:
     """The mediator in, the applicant admitted (the room is live), media flowing."""
-    mediator = await join(jiefen, clients, token_of(links["mediator"]))
-    await mediator.answer_offer()
-    applicant = await join(jiefen, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
-    await applicant.next("waiting")
-    await mediator.send("admit", seat="applicant")
-    await applicant.answer_offer()
-    await wait_frames(mediator, "applicant", 20)
-    return mediator, applicant
+    return await admit_applicant(partial(join, jiefen, clients), links)
 
 
 async def let_go(hub: RoomHub, room_id: str) -> None:

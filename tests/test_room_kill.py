@@ -76,13 +76,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
             async def join(seat: str, identity: str | None = None) -> Client:
                 client = Client(await session.ws_connect(f"{url}/rooms/ws"))
                 clients.append(client)
-                await client.send(
-                    "join",
-                    token=token_of(links[seat]),
-                    identity=identity,
-                    consent_recording=True,
-                    acknowledged_notices=True,
-                )
+                await client.send_join(token_of(links[seat]), identity)
                 return client
 
             mediator = await join("mediator")

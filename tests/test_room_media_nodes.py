@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from state.signing_key import load_or_create_signing_key
 from tests.conftest import REDIS_URL
 from tests.harness import ADMIN_TOKEN, RunningJiefen, running_jiefen
 from tests.test_room_signalling import (
+    RESPONDENT_PHONE,
     Client,
+    admit_applicant,
     file_case,
     frames,
     open_room,
@@ -125,9 +128,7 @@ async def join(
     assert status == 200, body
     client = Client(await web.session.ws_connect(body["signalling_url"]))
     clients.append(client)
-    await client.send(
-        "join", token=token, identity=identity, consent_recording=True, acknowledged_notices=True
-    )
+    await client.send_join(token, identity)
     return client
 
 
@@ -168,25 +169,12 @@ async def _session_across_a_failover(
     survivor = media_processes[second_node["node"]]
     assert first_node["signalling_url"] == host.url.replace("http://", "ws://") + "/rooms/ws"
 
-    mediator = await join(web, clients, token_of(links["mediator"]))
-    await mediator.answer_offer()
-    applicant = await join(web, clients, token_of(links["applicant"]), ID_NUMBER[-6:])
-    await applicant.next("waiting")
-    await mediator.send("admit", seat="applicant")
-    await applicant.answer_offer()
-    await wait_frames(mediator, "applicant", 30)
-    await wait_frames(applicant, "mediator", 30)
+    mediator, applicant = await admit_applicant(partial(join, web, clients), links, at_least=30)
 
     # A join that reaches the other process is sent back to placement, not hosted twice.
     stray = Client(await web.session.ws_connect(survivor.url.replace("http", "ws") + "/rooms/ws"))
     clients.append(stray)
-    await stray.send(
-        "join",
-        token=token_of(links["respondent"]),
-        identity="13900139000",
-        consent_recording=True,
-        acknowledged_notices=True,
-    )
+    await stray.send_join(token_of(links["respondent"]), RESPONDENT_PHONE)
     assert (await stray.next("error"))["code"] == "moved"
     assert (await stray.ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
     assert stray.ws.close_code == CLOSE_MOVED

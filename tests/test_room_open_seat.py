@@ -54,13 +54,7 @@ async def join(jiefen: RunningJiefen) -> AsyncIterator[Join]:
     async def join(token: str, identity: str | None = None) -> Client:
         client = Client(await jiefen.session.ws_connect(f"{jiefen.url}/rooms/ws"))
         clients.append(client)
-        await client.send(
-            "join",
-            token=token,
-            identity=identity,
-            consent_recording=True,
-            acknowledged_notices=True,
-        )
+        await client.send_join(token, identity)
         return client
 
     yield join

@@ -120,8 +120,7 @@ async def test_heartbeat_reports_a_room_taken_over_and_forgets_lapsed_reservatio
     await heartbeat.beat()
     await until(lambda: lost == ["room-1"])
     assert await placement.node("a") == NODE_A  # registered again by the beat
-    rooms_of_a = f"{placement.node_key('a')}:rooms"
-    assert await placement.redis.smembers(rooms_of_a) == set()
+    assert await placement.redis.smembers(placement.rooms_key("a")) == set()
     assert (await placement.place("room-1")).node_id == "b"
 
 

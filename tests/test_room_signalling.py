@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +70,18 @@ class Client:
     async def send(self, kind: str, **fields: Any) -> None:
         await self.ws.send_str(json.dumps({"type": kind, **fields}))
 
+    async def send_join(
+        self, token: str, identity: str | None = None, consent: bool = True
+    ) -> None:
+        """The page's ``join``: the link's token, the identity answer, both consents."""
+        await self.send(
+            "join",
+            token=token,
+            identity=identity,
+            consent_recording=consent,
+            acknowledged_notices=consent,
+        )
+
     async def next(self, kind: str, wait_s: float = 10.0) -> dict[str, Any]:
         """The next message of ``kind`` (earlier ones of other kinds are kept, not lost)."""
         deadline = time.monotonic() + wait_s
@@ -118,13 +130,7 @@ async def connect(jiefen: RunningJiefen) -> AsyncIterator[Any]:
         ws = await jiefen.session.ws_connect(f"{jiefen.url}/rooms/ws")
         client = Client(ws)
         clients.append(client)
-        await client.send(
-            "join",
-            token=token,
-            identity=identity,
-            consent_recording=consent,
-            acknowledged_notices=consent,
-        )
+        await client.send_join(token, identity, consent)
         return client
 
     yield connect
@@ -142,6 +148,24 @@ async def wait_frames(client: Client, seat: str, at_least: int, wait_s: float = 
     while await frames(client, seat) < at_least:
         assert time.monotonic() < deadline, f"only {await frames(client, seat)} frames from {seat}"
         await asyncio.sleep(0.05)
+
+
+async def admit_applicant(
+    join: Callable[[str, str | None], Awaitable[Client]],
+    links: dict[str, str],
+    at_least: int = 20,
+) -> tuple[Client, Client]:
+    """The mediator in, the applicant admitted (the room goes live), ``at_least`` frames each
+    way; ``join(token, identity)`` opens a connection and sends ``join``."""
+    mediator = await join(token_of(links["mediator"]), None)
+    await mediator.answer_offer()
+    applicant = await join(token_of(links["applicant"]), ID_NUMBER[-6:])
+    await applicant.next("waiting")
+    await mediator.send("admit", seat="applicant")
+    await applicant.answer_offer()
+    await wait_frames(mediator, "applicant", at_least)
+    await wait_frames(applicant, "mediator", at_least)
+    return mediator, applicant
 
 
 @pytest.mark.timeout(150)
@@ -164,13 +188,7 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
 
     applicant = await connect(token_of(links["applicant"]), identity="000000")
     assert (await applicant.next("error"))["code"] == "identity_mismatch"
-    await applicant.send(
-        "join",
-        token=token_of(links["applicant"]),
-        identity=ID_NUMBER[-6:].lower(),
-        consent_recording=True,
-        acknowledged_notices=True,
-    )
+    await applicant.send_join(token_of(links["applicant"]), ID_NUMBER[-6:].lower())
     await applicant.next("welcome")
     await applicant.next("waiting")
     presence = await mediator.next("presence")
