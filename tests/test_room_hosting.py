@@ -97,6 +97,17 @@ async def test_a_join_racing_the_end_does_not_host_the_ended_room(
         await hub._live_room(before_the_end)
     assert refused.value.code == "room_closed"
     assert opened["room_id"] not in hub.live_rooms
+    # Placement says so too, and turns away what is not a token with the page's message.
+    placement = f"{jiefen.url}/rooms/placement"
+    token = token_of(opened["links"]["mediator"])
+    async with jiefen.session.post(placement, json={"token": token}) as response:
+        assert response.status == 410
+        assert (await response.json())["error"] == "room_closed"
+    for body in (b"not json", b'{"token": 5}', b"[]"):
+        async with jiefen.session.post(placement, data=body) as response:
+            assert response.status == 400
+            answer = await response.json()
+            assert answer["error"] == "malformed" and answer["message"]
 
 
 async def test_an_empty_room_is_let_go_and_picked_up_again(
