@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
+from redis.typing import EncodableT
 
 from config.settings import Settings
 
@@ -37,26 +40,73 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
 class LuaScript:
     """A Lua script run by its SHA-1 (``EVALSHA``), loaded on first use or after a flush.
 
-    Leaner than redis-py's ``register_script`` wrapper, whose per-call layers (argument
-    deprecation checks, a registered-client lookup) showed up as ~5 % of a webhook message's
-    CPU; the scripts are on every message's path.
+    It runs on its client's :class:`ScriptLane`: the scripts are on every webhook message's
+    path, and redis-py's own per-call layers (``register_script``'s argument checks, then
+    ``execute_command``'s pool lock, liveness probe, retry wrapper and metrics hooks) cost more
+    than the script itself.
     """
 
     def __init__(self, redis: aioredis.Redis, source: str) -> None:
-        self._redis = redis
+        self._lane = ScriptLane.of(redis)
         self._source = source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, *, keys: Sequence[str], args: Sequence[object]) -> Any:
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        command: tuple[EncodableT, ...] = ("EVALSHA", self._sha, len(keys), *keys, *args)
         try:
-            return await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self._sha, len(keys), *keys, *args
-            )
+            return await self._lane.execute(command)
         except NoScriptError:
-            await self._redis.script_load(self._source)
-            return await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self._sha, len(keys), *keys, *args
+            await self._lane.execute(("SCRIPT", "LOAD", self._source))
+            return await self._lane.execute(command)
+
+
+class ScriptLane:
+    """Connections of a client's pool kept for scripts, and used directly: send, then read.
+
+    A connection is taken from the pool once and kept (never released to it), so closing the
+    client closes these too (``aclose`` disconnects the connections in use). What this skips
+    of redis-py's per-call path is safe because of one rule: a connection goes back to the idle
+    list only after its whole reply was read (an error reply included). A command cut short,
+    by a timeout cancelling it or a broken socket, disconnects its connection first, so a late
+    reply can never be read by the next caller as its own; the next use reconnects.
+    """
+
+    _lanes: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, ScriptLane]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+        self._pool = pool
+        self._idle: list[AbstractConnection] = []
+
+    @classmethod
+    def of(cls, redis: aioredis.Redis) -> ScriptLane:
+        """The lane of ``redis`` (one per client, shared by all its scripts)."""
+        lane = cls._lanes.get(redis)
+        if lane is None:
+            lane = cls._lanes[redis] = cls(redis.connection_pool)
+        return lane
+
+    async def execute(self, command: Sequence[EncodableT]) -> Any:
+        """Run one command and return its reply; an error reply is raised as redis-py does."""
+        connection = self._idle.pop() if self._idle else await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(
+                connection.pack_command(*command), check_health=False
             )
+            reply = await connection.read_response()
+        except ResponseError:
+            self._idle.append(connection)  # the whole (error) reply was read: still in step
+            raise
+        except BaseException:
+            try:
+                await connection.disconnect(nowait=True)
+            finally:
+                if not connection.is_connected:
+                    self._idle.append(connection)
+            raise
+        self._idle.append(connection)
+        return reply
 
 
 def as_text(value: bytes | str) -> str:
