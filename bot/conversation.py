@@ -168,25 +168,26 @@ class ConversationService:
         self,
         inbound: InboundMessage,
         *,
-        passive: Callable[[], bool] = lambda: True,
-        placed: asyncio.Event | None = None,
+        claim_passive: Callable[[], bool] = lambda: True,
+        on_placed: Callable[[], None] | None = None,
     ) -> Processed | AlreadySeen:
         """Handle ``inbound`` exactly once across retries and processes.
 
-        ``passive()`` says, at commit time, whether the reply will be given passively; when it
-        is false the reply joins the resident's outbox within the commit (so pushed replies keep
-        their messages' order) and the dedupe record says "pushed", so a retry never repeats it.
-        ``placed`` is set once the message holds its place in the resident's queue (or turned
-        out to be a retry), so the caller can answer WeChat without letting a later message
-        of the same resident overtake this one.
+        ``claim_passive()`` is called once, just before the commit: true binds the caller to
+        give the reply passively (it waits for the commit to finish); false makes the reply join
+        the resident's outbox within the commit, so pushed replies keep their messages' order,
+        and the dedupe record says "pushed", so a retry never repeats it.
+        ``on_placed()`` is called once the message holds its place in the resident's queue (or
+        turned out to be a retry), so the caller can answer WeChat without letting a later
+        message of the same resident overtake this one.
         On any failure the turn is released and the dedupe record dropped, so that WeChat's
         retry of the same message is handled afresh: nothing the resident sent is lost.
         """
         keys = self._gate.keys(inbound.account, inbound.openid, inbound.message_key)
         async with asyncio.timeout(self._redis_timeout_s):
             begun = await self._gate.begin(keys)
-        if placed is not None:
-            placed.set()
+        if on_placed is not None:
+            on_placed()
         if isinstance(begun, Duplicate):
             return AlreadySeen(keys, begun)
         turn = begun
@@ -206,7 +207,7 @@ class ConversationService:
             )
             lines = [] if blank else [self._seal_line(line) for line in conversation.new_lines]
             parts = split_for_wechat(reply)
-            pushed = bool(parts) and not passive()
+            pushed = bool(parts) and not claim_passive()
             async with asyncio.timeout(self._redis_timeout_s):
                 await self._gate.commit(
                     keys,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _REDIS_TIMEOUT_S = 5.0
 #: How long an answer may wait for its message to take its place in the resident's queue.
 _PLACE_WAIT_S = 0.5
+#: How long an answer waits for the commit of a reply it claimed (the commit's own bound + a bit).
+_COMMIT_WAIT_S = _REDIS_TIMEOUT_S + 0.5
 
 
 def _success() -> web.Response:
@@ -77,29 +79,46 @@ class WebhookHandler:
 
     async def receive_decoded(self, inbound: InboundMessage, started: float) -> web.Response:
         """Handle a checked push; answer by ``started`` + the passive deadline."""
-        settled: asyncio.Future[Processed | AlreadySeen] = (
-            asyncio.get_running_loop().create_future()
-        )
-        placed = asyncio.Event()
-        task = asyncio.create_task(self._process(inbound, settled, placed))
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[Processed | AlreadySeen] = loop.create_future()
+        placed: asyncio.Future[None] = loop.create_future()
+        passive_until = started + self._passive_deadline_s
+        claimed = False
+
+        def on_placed() -> None:
+            if not placed.done():
+                placed.set_result(None)
+
+        def claim_passive() -> bool:
+            # Decided just before the commit. In time, the request promises to wait for the
+            # commit; late, the reply is pushed within the commit. Deciding any later (as the
+            # request leaves) would queue the push after the turn passed on, where the reply
+            # to the resident's next message could overtake it.
+            nonlocal claimed
+            claimed = not settled.done() and time.monotonic() < passive_until
+            return claimed
+
+        task = asyncio.create_task(self._process(inbound, settled, claim_passive, on_placed))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        remaining = self._passive_deadline_s - (time.monotonic() - started)
         try:
-            # Answer only once the message holds its place in the resident's queue (waiting at
-            # least _PLACE_WAIT_S for that, even past a short passive deadline): WeChat sends
-            # the resident's next message after our answer, and it must not overtake this one.
-            placing: asyncio.Future[Any] = asyncio.ensure_future(placed.wait())
-            waiters: set[asyncio.Future[Any]] = {placing, settled}
-            await asyncio.wait(
-                waiters,
-                timeout=max(remaining, _PLACE_WAIT_S),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            placing.cancel()
-            remaining = self._passive_deadline_s - (time.monotonic() - started)
-            if not settled.done() and remaining > 0:
-                await asyncio.wait([settled], timeout=remaining)
+            remaining = passive_until - time.monotonic()
+            if remaining > 0:
+                await asyncio.wait((settled,), timeout=remaining)
+            if not settled.done() and not placed.done():
+                # Answer only once the message holds its place in the resident's queue (waiting
+                # up to _PLACE_WAIT_S from the start for that, even past a short passive
+                # deadline): WeChat sends the resident's next message after our answer, and it
+                # must not overtake this one.
+                await asyncio.wait(
+                    (settled, placed),
+                    timeout=max(0.0, started + _PLACE_WAIT_S - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            if not settled.done() and claimed:
+                # Claimed passive and being committed (one Redis round trip, bounded by the
+                # commit's own timeout): the reply is owed here.
+                await asyncio.wait((settled,), timeout=_COMMIT_WAIT_S)
         finally:
             if not settled.done():
                 settled.cancel()  # from now on the reply (if any) is pushed: see _process
@@ -133,12 +152,13 @@ class WebhookHandler:
         self,
         inbound: InboundMessage,
         settled: asyncio.Future[Processed | AlreadySeen],
-        placed: asyncio.Event,
+        claim_passive: Callable[[], bool],
+        on_placed: Callable[[], None],
     ) -> None:
         """Handle ``inbound``; hand the outcome to the waiting request, or push it if it left."""
         try:
             outcome = await self._service.process(
-                inbound, passive=lambda: not settled.done(), placed=placed
+                inbound, claim_passive=claim_passive, on_placed=on_placed
             )
         except Exception as error:
             log.exception("handling %s from a resident failed", inbound.message_key)
@@ -152,7 +172,8 @@ class WebhookHandler:
             settled.set_result(outcome)
             return
         if isinstance(outcome, Processed) and outcome.reply and not outcome.pushed:
-            # The request left during the commit: the record may say "reply", so mark it
+            # The request left during the commit although it had claimed the reply (the commit
+            # outlasted _COMMIT_WAIT_S): the record may say "reply", so mark it
             # pushed before pushing (a retry then answers "success", never the reply again).
             # If that fails, push anyway: a reply twice is better than none.
             try:

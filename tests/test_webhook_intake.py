@@ -20,7 +20,7 @@ from bot.bench_webhook import intake_script
 from bot.fake_wechat_api import CUSTOM_SEND_PATH
 from bot.wechat_simulator import CryptoMode, NoReply, Reply
 from state import case_store, media_store
-from state.message_gate import Turn
+from state.message_gate import MessageGate, Turn
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
 from tests.harness import RunningJiefen, eventually, running_jiefen
 
@@ -161,6 +161,25 @@ async def test_a_slow_answer_is_pushed_and_a_retry_does_not_repeat_it(start: Fac
     assert isinstance(retry.reply, NoReply)
     await asyncio.sleep(0.5)
     assert len(await jiefen.wait_for_pushes(openid, 2, wait_s=0.5)) == 1
+
+
+async def test_a_reply_claimed_in_time_is_answered_passively_though_its_commit_runs_late(
+    start: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Decided as the request left, such a reply used to be pushed after the turn had passed
+    # on, where the reply to the resident's next message could overtake it.
+    jiefen = await start(passive_reply_deadline_s=0.3)
+    commit = MessageGate.commit
+
+    async def slow_commit(gate: MessageGate, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.6)  # past the deadline: the reply was claimed before it
+        await commit(gate, *args, **kwargs)
+
+    monkeypatch.setattr(MessageGate, "commit", slow_commit)
+    delivery = await jiefen.send(jiefen.simulator.subscribe("o_late_commit"))
+    assert isinstance(delivery.reply, Reply) and "我要调解" in (delivery.reply.content or "")
+    await asyncio.sleep(0.3)
+    assert [m for m in jiefen.fake.sent if m.touser == "o_late_commit"] == []
 
 
 async def test_pushed_replies_keep_their_order_when_a_send_fails(start: Factory) -> None:
