@@ -1,0 +1,66 @@
+"""The script lane on the real Redis: replies stay with their callers, scripts reload after a
+flush, and the connections close with their client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from state.redis_connection import LuaScript, ScriptLane
+from tests.conftest import REDIS_URL
+
+
+async def test_a_command_cut_short_never_hands_its_reply_to_the_next_caller(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    lane = ScriptLane.of(redis_client)
+    waiting, other = f"{redis_prefix}waiting", f"{redis_prefix}other"
+    await redis_client.set(other, b"mine")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await lane.execute(("BLPOP", waiting, 2))
+    # Were the cut-short connection reused, its BLPOP would still be waiting on the server: it
+    # would take this item, and the GET below would read the BLPOP's reply as its own.
+    await redis_client.rpush(waiting, b"late")
+    assert await lane.execute(("GET", other)) == b"mine"
+    await asyncio.sleep(0.05)
+    assert await redis_client.lrange(waiting, 0, -1) == [b"late"]
+
+
+async def test_an_error_reply_is_raised_and_the_connection_stays_in_step(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    lane = ScriptLane.of(redis_client)
+    key = f"{redis_prefix}counter"
+    await redis_client.set(key, b"not a number")
+    with pytest.raises(ResponseError):
+        await lane.execute(("INCR", key))
+    assert await lane.execute(("GET", key)) == b"not a number"
+
+
+async def test_concurrent_scripts_each_get_their_own_reply_and_reload_after_a_flush(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    echo = LuaScript(redis_client, "return ARGV[1] .. ':' .. KEYS[1]")
+    keys = [f"{redis_prefix}k{n}" for n in range(50)]
+    replies = await asyncio.gather(*(echo(keys=[key], args=[str(n)]) for n, key in enumerate(keys)))
+    assert replies == [f"{n}:{key}".encode() for n, key in enumerate(keys)]
+    await redis_client.script_flush()
+    assert await echo(keys=[keys[0]], args=["again"]) == f"again:{keys[0]}".encode()
+
+
+async def test_the_lane_is_one_per_client_and_closes_with_it(
+    redis_client: aioredis.Redis,  # Redis is up (or the test fails as the suite requires)
+) -> None:
+    client = aioredis.from_url(REDIS_URL)
+    assert ScriptLane.of(client) is not ScriptLane.of(redis_client)
+    lane = ScriptLane.of(client)
+    assert ScriptLane.of(client) is lane
+    await lane.execute(("PING",))
+    [connection] = lane._idle
+    assert connection.is_connected
+    await client.aclose()
+    assert not connection.is_connected  # the pool closed it: nothing left open after a test
