@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cases.draft import CaseDraft
@@ -70,6 +70,10 @@ class Flow:
     build_draft: Callable[[ConversationState], CaseDraft]
     contact_key: str | None = None
     evidence_limit: int = 50
+    # Look-ups derived from ``steps`` once: the engine asks them several times a message.
+    _position: dict[str, int] = field(init=False, repr=False, compare=False)
+    _items: tuple[Step, ...] = field(init=False, repr=False, compare=False)
+    _item_numbers: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         keys = [step.key for step in self.steps]
@@ -77,6 +81,12 @@ class Flow:
             raise ValueError("a flow needs steps")
         if len(keys) != len(set(keys)):
             raise ValueError(f"flow {self.name}: duplicate step keys")
+        items = tuple(step for step in self.steps if step.label is not None)
+        object.__setattr__(self, "_position", {key: index for index, key in enumerate(keys)})
+        object.__setattr__(self, "_items", items)
+        object.__setattr__(
+            self, "_item_numbers", {step.key: number for number, step in enumerate(items, 1)}
+        )
 
     @property
     def first(self) -> Step:
@@ -85,25 +95,22 @@ class Flow:
     @property
     def items(self) -> tuple[Step, ...]:
         """The steps listed (and numbered from 1) in the summary."""
-        return tuple(step for step in self.steps if step.label is not None)
+        return self._items
 
     def has_step(self, key: str) -> bool:
-        return any(step.key == key for step in self.steps)
+        return key in self._position
 
     def step(self, key: str) -> Step:
-        for step in self.steps:
-            if step.key == key:
-                return step
-        raise KeyError(f"flow {self.name} has no step {key!r}")
+        position = self._position.get(key)
+        if position is None:
+            raise KeyError(f"flow {self.name} has no step {key!r}")
+        return self.steps[position]
 
     def after(self, key: str) -> Step | None:
         """The step that follows ``key``, or ``None`` after the last."""
-        index = [step.key for step in self.steps].index(key)
+        index = self._position[key]
         return self.steps[index + 1] if index + 1 < len(self.steps) else None
 
     def item_number(self, key: str) -> int | None:
         """The summary number (1-based) of step ``key``, or ``None`` when it is not listed."""
-        for number, step in enumerate(self.items, 1):
-            if step.key == key:
-                return number
-        return None
+        return self._item_numbers.get(key)
