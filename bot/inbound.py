@@ -8,15 +8,18 @@ decryption (safe and compatible modes), XML parsing. Each failure raises a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import xmltodict
 from wechatpy import parse_message
-from wechatpy.crypto import WeChatCrypto
+from wechatpy.crypto import PrpCrypto
 from wechatpy.replies import TextReply
 
 from cases.draft import EvidenceKind
@@ -54,6 +57,12 @@ class WebhookCodec:
     timestamp_tolerance_s: int
     #: "plain", "compat" or "safe", as chosen in WeChat's admin page.
     crypto_mode: str = "safe"
+    #: wechatpy's cipher for the EncodingAESKey, built once (None without a key).
+    _cipher: PrpCrypto | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cipher = _Cipher(base64.b64decode(self.aes_key + "=")) if self.aes_key else None
+        object.__setattr__(self, "_cipher", cipher)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookCodec:
@@ -101,9 +110,16 @@ class WebhookCodec:
         xml: str = reply.render()
         if not inbound.encrypted:
             return xml
-        crypto = WeChatCrypto(self.token, self.aes_key, self.appid)
-        encoded: str = crypto.encrypt_message(xml, nonce, str(timestamp or int(time.time())))
-        return encoded
+        if self._cipher is None:
+            raise MalformedMessage("an encrypted reply needs an EncodingAESKey")
+        stamp = str(timestamp or int(time.time()))
+        encrypt = self._cipher.encrypt(xml, self.appid).decode()
+        return _ENCRYPTED_REPLY.format(
+            encrypt=encrypt,
+            signature=_sign(self.token, stamp, nonce, encrypt),
+            stamp=stamp,
+            nonce=nonce,
+        )
 
     def _check_timestamp(self, params: Mapping[str, str], now: float) -> None:
         try:
@@ -114,24 +130,51 @@ class WebhookCodec:
             raise StaleRequest(f"timestamp {sent} is {int(now - sent)} s from now")
 
     def _check_signature(self, params: Mapping[str, str]) -> None:
-        parts = sorted([self.token, params.get("timestamp", ""), params.get("nonce", "")])
-        expected = hashlib.sha1("".join(parts).encode()).hexdigest()
+        expected = _sign(self.token, params.get("timestamp", ""), params.get("nonce", ""))
         if not hmac.compare_digest(expected, params.get("signature", "")):
             raise BadSignature("signature does not match")
 
     def _decrypt(self, params: Mapping[str, str], body: bytes) -> str:
-        if not self.aes_key:
+        if self._cipher is None:
             raise MalformedMessage("encrypted push but no EncodingAESKey is configured")
-        crypto = WeChatCrypto(self.token, self.aes_key, self.appid)
         try:
-            plaintext: str = crypto.decrypt_message(
-                body, params.get("msg_signature", ""), params["timestamp"], params.get("nonce", "")
-            )
-        except Exception as error:  # bad XML, bad signature, bad padding, wrong appid...
-            if type(error).__name__ == "InvalidSignatureException":
-                raise BadSignature("msg_signature does not match") from error
+            # Entities are refused (xmltodict's default), so XXE and entity bombs fail here.
+            encrypt = xmltodict.parse(body)["xml"]["Encrypt"]
+        except Exception as error:  # bad XML, no <Encrypt>: expat and xmltodict raise many types
+            raise MalformedMessage(f"unparseable push: {type(error).__name__}") from error
+        if not isinstance(encrypt, str):
+            raise MalformedMessage("push without a usable Encrypt element")
+        signature = _sign(self.token, params["timestamp"], params.get("nonce", ""), encrypt)
+        if not hmac.compare_digest(signature, params.get("msg_signature", "")):
+            raise BadSignature("msg_signature does not match")
+        try:
+            plaintext: str = self._cipher.decrypt(encrypt, self.appid)
+        except Exception as error:  # bad base64, bad padding, wrong appid...
             raise MalformedMessage(f"cannot decrypt push: {type(error).__name__}") from error
         return plaintext
+
+
+class _Cipher(PrpCrypto):  # type: ignore[misc]  # wechatpy is untyped
+    """wechatpy's cipher, with the 16 random bytes that open each reply drawn from ``secrets``.
+
+    wechatpy draws them with ``random.sample`` (predictable, and slower); with the fixed IV of
+    WeChat's scheme, they are what makes two encryptions of one text differ.
+    """
+
+    def get_random_string(self) -> str:
+        return secrets.token_urlsafe(12)  # 16 characters
+
+
+def _sign(token: str, timestamp: str, nonce: str, *more: str) -> str:
+    """WeChat's signature: SHA-1 of the sorted strings, concatenated."""
+    return hashlib.sha1("".join(sorted((token, timestamp, nonce, *more))).encode()).hexdigest()
+
+
+_ENCRYPTED_REPLY = (
+    "<xml>\n<Encrypt><![CDATA[{encrypt}]]></Encrypt>\n"
+    "<MsgSignature><![CDATA[{signature}]]></MsgSignature>\n"
+    "<TimeStamp>{stamp}</TimeStamp>\n<Nonce><![CDATA[{nonce}]]></Nonce>\n</xml>"
+)
 
 
 def escape_cdata(text: str) -> str:
