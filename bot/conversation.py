@@ -184,8 +184,7 @@ class ConversationService:
         retry of the same message is handled afresh: nothing the resident sent is lost.
         """
         keys = self._gate.keys(inbound.account, inbound.openid, inbound.message_key)
-        async with asyncio.timeout(self._redis_timeout_s):
-            begun = await self._gate.begin(keys)
+        begun = await self._gate.begin(keys)  # each gate call is bounded by the client
         if on_placed is not None:
             on_placed()
         if isinstance(begun, Duplicate):
@@ -208,15 +207,14 @@ class ConversationService:
             lines = [] if blank else [self._seal_line(line) for line in conversation.new_lines]
             parts = split_for_wechat(reply)
             pushed = bool(parts) and not claim_passive()
-            async with asyncio.timeout(self._redis_timeout_s):
-                await self._gate.commit(
-                    keys,
-                    turn,
-                    conversation=stored,
-                    reply=None if pushed else reply,
-                    transcript=lines,
-                    push=self._outbox.append(inbound.openid, parts) if pushed else None,
-                )
+            await self._gate.commit(
+                keys,
+                turn,
+                conversation=stored,
+                reply=None if pushed else reply,
+                transcript=lines,
+                push=self._outbox.append(inbound.openid, parts) if pushed else None,
+            )
         except BaseException:
             await asyncio.shield(self._release_quietly(keys, turn))
             raise

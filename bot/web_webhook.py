@@ -23,6 +23,7 @@ from bot.outbox import Outbox
 from bot.reply_text import split_for_wechat
 from jiefen.errors import PayloadTooLarge, RequestRejected
 from state.message_gate import Duplicate
+from state.redis_connection import REDIS_COMMAND_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _REDIS_TIMEOUT_S = 5.0
 #: How long an answer may wait for its message to take its place in the resident's queue.
 _PLACE_WAIT_S = 0.5
 #: How long an answer waits for the commit of a reply it claimed (the commit's own bound + a bit).
-_COMMIT_WAIT_S = _REDIS_TIMEOUT_S + 0.5
+_COMMIT_WAIT_S = REDIS_COMMAND_TIMEOUT_S + 0.5
 
 
 def _success() -> web.Response:
@@ -116,8 +117,8 @@ class WebhookHandler:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             if not settled.done() and claimed:
-                # Claimed passive and being committed (one Redis round trip, bounded by the
-                # commit's own timeout): the reply is owed here.
+                # Claimed passive and being committed (one Redis command, bounded by
+                # REDIS_COMMAND_TIMEOUT_S): the reply is owed here.
                 await asyncio.wait((settled,), timeout=_COMMIT_WAIT_S)
         finally:
             if not settled.done():

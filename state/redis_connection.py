@@ -7,6 +7,7 @@ sets ``JIEFEN_REDIS_URL``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import weakref
@@ -22,15 +23,23 @@ from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The longest one Redis command may take, sending and reading its reply (seconds).
+REDIS_COMMAND_TIMEOUT_S = 5.0
+
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
     """Return a client for ``settings.redis_url``, or an in-process stand-in when it is unset.
 
-    The real client is built without a per-call socket timeout: callers bound their Redis work
-    with one ``asyncio.timeout`` (cheaper than redis-py's per-socket timeouts on every call).
+    Every command of the real client is bounded by ``REDIS_COMMAND_TIMEOUT_S`` (redis-py's
+    socket timeout; given explicitly, as redis-py's default changed between versions), so a
+    Redis that stops answering fails the call instead of hanging it.
     """
     if settings.redis_url:
-        return aioredis.from_url(settings.redis_url, socket_connect_timeout=5.0)
+        return aioredis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_COMMAND_TIMEOUT_S,
+            socket_timeout=REDIS_COMMAND_TIMEOUT_S,
+        )
     import fakeredis  # imported lazily: production never needs it
 
     log.warning("JIEFEN_REDIS_URL is unset: using an in-process Redis stand-in (one process only)")
@@ -78,6 +87,9 @@ class ScriptLane:
     def __init__(self, pool: aioredis.ConnectionPool) -> None:
         self._pool = pool
         self._idle: list[AbstractConnection] = []
+        #: The bound on one command, send and reply: the client's socket timeout, applied as
+        #: one timer (redis-py applies it as a task for the send, then a timer for the read).
+        self._timeout_s: float | None = None
 
     @classmethod
     def of(cls, redis: aioredis.Redis) -> ScriptLane:
@@ -89,12 +101,13 @@ class ScriptLane:
 
     async def execute(self, command: Sequence[EncodableT]) -> Any:
         """Run one command and return its reply; an error reply is raised as redis-py does."""
-        connection = self._idle.pop() if self._idle else await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._idle.pop() if self._idle else await self._new_connection()
         try:
-            await connection.send_packed_command(
-                connection.pack_command(*command), check_health=False
-            )
-            reply = await connection.read_response()
+            async with asyncio.timeout(self._timeout_s):
+                await connection.send_packed_command(
+                    connection.pack_command(*command), check_health=False
+                )
+                reply = await connection.read_response()
         except ResponseError:
             self._idle.append(connection)  # the whole (error) reply was read: still in step
             raise
@@ -107,6 +120,12 @@ class ScriptLane:
             raise
         self._idle.append(connection)
         return reply
+
+    async def _new_connection(self) -> AbstractConnection:
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        self._timeout_s = connection.socket_timeout
+        connection.socket_timeout = None  # bounded by execute's own timer instead
+        return connection
 
 
 def as_text(value: bytes | str) -> str:

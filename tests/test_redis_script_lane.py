@@ -64,3 +64,14 @@ async def test_the_lane_is_one_per_client_and_closes_with_it(
     assert connection.is_connected
     await client.aclose()
     assert not connection.is_connected  # the pool closed it: nothing left open after a test
+
+
+async def test_a_command_is_bounded_by_the_clients_socket_timeout(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    client = aioredis.from_url(REDIS_URL, socket_timeout=0.2)
+    try:
+        with pytest.raises(TimeoutError):  # not BLPOP's own answer (nil) after 5 s
+            await ScriptLane.of(client).execute(("BLPOP", f"{redis_prefix}never", 5))
+    finally:
+        await client.aclose()
