@@ -90,8 +90,8 @@ class AlreadySeen:
 class StoredConversation:
     """What the gate stores per resident: the flow state and when the intake began.
 
-    The intake transcript is stored beside it, line by line (``MessageGate`` appends); here
-    are only ``new_lines``, recorded while handling the current message.
+    The intake transcript is stored beside it, one sealed entry per message (``MessageGate``
+    appends); here are only ``new_lines``, recorded while handling the current message.
     """
 
     flow_state: ConversationState
@@ -204,7 +204,7 @@ class ConversationService:
                     conversation.dump(), purpose=CONVERSATION_PURPOSE
                 ).encode()
             )
-            lines = [] if blank else [self._seal_line(line) for line in conversation.new_lines]
+            lines = [] if blank or not conversation.new_lines else [self._seal_lines(conversation)]
             parts = split_for_wechat(reply)
             pushed = bool(parts) and not claim_passive()
             await self._gate.commit(
@@ -241,8 +241,9 @@ class ConversationService:
             log.warning("stored conversation cannot be unsealed (key rotated?); starting afresh")
             return StoredConversation(ConversationState.initial())
 
-    def _seal_line(self, line: dict[str, str]) -> bytes:
-        text = json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+    def _seal_lines(self, conversation: StoredConversation) -> bytes:
+        """This message's transcript lines as one sealed entry (a JSON list of lines)."""
+        text = json.dumps(conversation.new_lines, ensure_ascii=False, separators=(",", ":"))
         return self._sealer.encrypt(text, purpose=TRANSCRIPT_PURPOSE).encode()
 
     async def _transcript(
@@ -255,9 +256,13 @@ class ConversationService:
         for sealed in stored:
             try:
                 text = self._sealer.decrypt(sealed.decode(), purpose=TRANSCRIPT_PURPOSE)
-                lines.append({str(k): str(v) for k, v in json.loads(text).items()})
+                entry = json.loads(text)
+                # One entry per message (a list of lines); a single line in entries stored
+                # before that (an intake begun before an upgrade may still be in Redis).
+                for line in entry if isinstance(entry, list) else [entry]:
+                    lines.append({str(k): str(v) for k, v in line.items()})
             except (ValueError, ConfigurationError, AttributeError):
-                log.warning("unreadable transcript line skipped")
+                log.warning("unreadable transcript entry skipped")
         return lines + conversation.new_lines
 
     async def _run_flow(

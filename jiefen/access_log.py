@@ -7,12 +7,19 @@ and who sent it. So the line has the path only.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
     """``<remote> "<METHOD> <path>" <status> <bytes> <ms>ms``."""
+
+    @property
+    def enabled(self) -> bool:
+        # Read once per connection by aiohttp: below INFO, requests are neither timed nor logged.
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(

@@ -19,7 +19,7 @@ resident's messages may reach different processes at once. For each message the 
    that gives up while waiting leaves the queue (``abandoned``) without letting later ones
    jump ahead of the message still running.
 3. :meth:`MessageGate.commit` — one round trip: stores the new conversation (with its TTL, which
-   is how a half-finished intake expires), appends this message's transcript lines to the
+   is how a half-finished intake expires), appends this message's transcript entry to the
    intake's transcript list (append-only: a message costs the same late in an intake as early),
    records the reply under the dedupe key for retries, and passes the turn on.
 
@@ -136,7 +136,7 @@ return {'wait', ''}
 # KEYS: dedupe, conversation, serving, turn-since, abandoned, transcript, outbox ('' if none).
 # ARGV: dedupe record, dedupe TTL (s), conversation, conversation TTL (s), ticket, queue TTL (s),
 #       this delivery's claim, transcript cap, outbox entry ('' if none), outbox TTL (s),
-#       then the new transcript lines.
+#       then the new transcript entries.
 _COMMIT = (
     _NOW
     + """
@@ -260,7 +260,7 @@ class MessageGate:
         conversation_ttl_s: int = 7 * 24 * 3600,
         turn_lease_s: float = 30.0,
         poll_interval_s: float = 0.02,
-        transcript_limit: int = 400,
+        transcript_limit: int = 200,  # entries: one per message, i.e. ~400 lines
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -349,7 +349,7 @@ class MessageGate:
         push: OutboxAppend | None = None,
     ) -> None:
         """Store ``conversation`` (b'' deletes it and its transcript), append ``transcript``
-        lines (keeping the newest ``transcript_limit``), keep ``reply`` for retries (``None``:
+        entries (keeping the newest ``transcript_limit``), keep ``reply`` for retries (``None``:
         it is pushed), append ``push`` to the resident's outbox, and pass the turn — atomically.
 
         Raises :class:`LockTimeout`, storing nothing, when the turn was skipped meanwhile (it
@@ -384,7 +384,7 @@ class MessageGate:
             raise LockTimeout(f"turn {turn.ticket} was skipped before it could commit")
 
     async def read_transcript(self, keys: GateKeys) -> list[bytes]:
-        """The transcript lines stored so far for this resident's intake, oldest first."""
+        """The transcript entries stored so far for this resident's intake, oldest first."""
         return [as_bytes(line) for line in await self._redis.lrange(keys.transcript, 0, -1)]
 
     async def mark_pushed(self, keys: GateKeys) -> None:

@@ -7,6 +7,7 @@ replies, media); everything else is the real server on 127.0.0.1 port 0.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ import pytest
 import sqlalchemy as sa
 
 from bot.bench_webhook import intake_script
+from bot.conversation import TRANSCRIPT_PURPOSE
 from bot.fake_wechat_api import CUSTOM_SEND_PATH
 from bot.wechat_simulator import CryptoMode, NoReply, Reply
 from state import case_store, media_store
 from state.message_gate import MessageGate, Turn
+from state.personal_data import PersonalDataProtector, load_or_create_data_key
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
 from tests.harness import RunningJiefen, eventually, running_jiefen
 
@@ -98,6 +101,26 @@ async def test_a_resident_files_a_dispute_in_every_crypto_mode(
         assert await jiefen.services.redis.keys(f"{prefix}user:*:{leftover}") == []
     listing = await jiefen.say(openid, "查询")
     assert match.group(0) in listing
+
+
+async def test_a_transcript_stored_line_by_line_before_an_upgrade_is_filed_whole(
+    start: Factory,
+) -> None:
+    # Entries now hold one message's lines; an intake begun before that has one line each.
+    jiefen = await start()
+    openid = "o_upgraded"
+    await _fill(jiefen, openid, STEP["summary"])
+    sealer = PersonalDataProtector(load_or_create_data_key(jiefen.settings))
+    old_line = {"d": "in", "t": "text", "c": "升级前的一行", "at": "2026-11-01T08:00:00+00:00"}
+    sealed = sealer.encrypt(json.dumps(old_line, ensure_ascii=False), purpose=TRANSCRIPT_PURPOSE)
+    transcript = f"{jiefen.settings.redis_prefix}user:gh_jiefen:{openid}:transcript"
+    await jiefen.services.redis.lpush(transcript, sealed)
+    match = CASE_NO.search(await jiefen.say(openid, "确认"))
+    assert match
+    record = await case_store.get_case(jiefen.services.db, match.group(0))
+    assert record is not None
+    assert record.intake[0].content == "升级前的一行"
+    assert [line.direction for line in record.intake].count("in") == len(SCRIPT) + 1
 
 
 async def test_a_duplicate_msgid_is_handled_once_and_answered_the_same(start: Factory) -> None:
