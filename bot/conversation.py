@@ -35,7 +35,7 @@ from state.personal_data import redact_id_numbers
 
 log = logging.getLogger(__name__)
 
-#: Associated data of the sealed conversation and transcript lines: a token sealed for one
+#: Associated data of the sealed conversation and transcript entries: a token sealed for one
 #: purpose won't open as another.
 CONVERSATION_PURPOSE = "conversation"
 TRANSCRIPT_PURPOSE = "intake-transcript"
@@ -120,7 +120,7 @@ class StoredConversation:
 
     def submission_key(self, account: str, openid: str) -> str:
         """Names this intake: the resident and the moment it began (kept apart from the
-        transcript, whose oldest lines are dropped past its cap).
+        transcript, whose oldest entries are dropped past its cap).
 
         Confirming the same intake twice gives the same key, so the case store files it once.
         """
@@ -184,7 +184,7 @@ class ConversationService:
         retry of the same message is handled afresh: nothing the resident sent is lost.
         """
         keys = self._gate.keys(inbound.account, inbound.openid, inbound.message_key)
-        begun = await self._gate.begin(keys)  # each gate call is bounded by the client
+        begun = await self._gate.begin(keys)  # bounded: the gate's script lane times each call
         if on_placed is not None:
             on_placed()
         if isinstance(begun, Duplicate):

@@ -131,21 +131,22 @@ class WebhookCodec:
 
     def _check_signature(self, params: Mapping[str, str]) -> None:
         expected = _sign(self.token, params.get("timestamp", ""), params.get("nonce", ""))
-        if not hmac.compare_digest(expected, params.get("signature", "")):
+        if not _same(expected, params.get("signature", "")):
             raise BadSignature("signature does not match")
 
     def _decrypt(self, params: Mapping[str, str], body: bytes) -> str:
         if self._cipher is None:
             raise MalformedMessage("encrypted push but no EncodingAESKey is configured")
         try:
-            # Entities are refused (xmltodict's default), so XXE and entity bombs fail here.
+            # xmltodict never expands entities (disable_entities, its default; recent versions
+            # refuse the document), so XXE and entity bombs come to nothing.
             encrypt = xmltodict.parse(body)["xml"]["Encrypt"]
         except Exception as error:  # bad XML, no <Encrypt>: expat and xmltodict raise many types
             raise MalformedMessage(f"unparseable push: {type(error).__name__}") from error
         if not isinstance(encrypt, str):
             raise MalformedMessage("push without a usable Encrypt element")
         signature = _sign(self.token, params["timestamp"], params.get("nonce", ""), encrypt)
-        if not hmac.compare_digest(signature, params.get("msg_signature", "")):
+        if not _same(signature, params.get("msg_signature", "")):
             raise BadSignature("msg_signature does not match")
         try:
             plaintext: str = self._cipher.decrypt(encrypt, self.appid)
@@ -163,6 +164,12 @@ class _Cipher(PrpCrypto):  # type: ignore[misc]  # wechatpy is untyped
 
     def get_random_string(self) -> str:
         return secrets.token_urlsafe(12)  # 16 characters
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time comparison that takes any text (``compare_digest`` refuses non-ASCII
+    strings with a TypeError: a crafted query string must get 403, not 500)."""
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 def _sign(token: str, timestamp: str, nonce: str, *more: str) -> str:

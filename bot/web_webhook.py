@@ -23,16 +23,15 @@ from bot.outbox import Outbox
 from bot.reply_text import split_for_wechat
 from jiefen.errors import PayloadTooLarge, RequestRejected
 from state.message_gate import Duplicate
-from state.redis_connection import REDIS_COMMAND_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-#: Bound on each Redis call made here (the gate bounds its own).
+#: Bound on each Redis call made here (the gate's calls are bounded by its script lane).
 _REDIS_TIMEOUT_S = 5.0
 #: How long an answer may wait for its message to take its place in the resident's queue.
 _PLACE_WAIT_S = 0.5
-#: How long an answer waits for the commit of a reply it claimed (the commit's own bound + a bit).
-_COMMIT_WAIT_S = REDIS_COMMAND_TIMEOUT_S + 0.5
+#: How long after a push arrives an answer may still come: WeChat gives up at 5 s.
+_WECHAT_WAITS_S = 4.8
 
 
 def _success() -> web.Response:
@@ -79,7 +78,9 @@ class WebhookHandler:
         return await self.receive_decoded(inbound, started)
 
     async def receive_decoded(self, inbound: InboundMessage, started: float) -> web.Response:
-        """Handle a checked push; answer by ``started`` + the passive deadline."""
+        """Handle a checked push; answer by ``started`` + the passive deadline, or for a reply
+        already being committed then, by the end of WeChat's window."""
+        entered = time.monotonic()
         loop = asyncio.get_running_loop()
         settled: asyncio.Future[Processed | AlreadySeen] = loop.create_future()
         placed: asyncio.Future[None] = loop.create_future()
@@ -92,11 +93,13 @@ class WebhookHandler:
 
         def claim_passive() -> bool:
             # Decided just before the commit. In time, the request promises to wait for the
-            # commit; late, the reply is pushed within the commit. Deciding any later (as the
-            # request leaves) would queue the push after the turn passed on, where the reply
-            # to the resident's next message could overtake it.
+            # commit; late, the request is let go and the reply is pushed within the commit.
+            # Deciding any later (as the request leaves) would queue the push after the turn
+            # passed on, where the reply to the resident's next message could overtake it.
             nonlocal claimed
             claimed = not settled.done() and time.monotonic() < passive_until
+            if not claimed and not settled.done():
+                settled.cancel()  # the reply is pushed: it must not be given passively too
             return claimed
 
         task = asyncio.create_task(self._process(inbound, settled, claim_passive, on_placed))
@@ -108,18 +111,20 @@ class WebhookHandler:
                 await asyncio.wait((settled,), timeout=remaining)
             if not settled.done() and not placed.done():
                 # Answer only once the message holds its place in the resident's queue (waiting
-                # up to _PLACE_WAIT_S from the start for that, even past a short passive
-                # deadline): WeChat sends the resident's next message after our answer, and it
-                # must not overtake this one.
+                # up to _PLACE_WAIT_S for that, even past a short passive deadline): WeChat
+                # sends the resident's next message after our answer, and it must not overtake
+                # this one.
                 await asyncio.wait(
                     (settled, placed),
-                    timeout=max(0.0, started + _PLACE_WAIT_S - time.monotonic()),
+                    timeout=max(0.0, entered + _PLACE_WAIT_S - time.monotonic()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             if not settled.done() and claimed:
-                # Claimed passive and being committed (one Redis command, bounded by
-                # REDIS_COMMAND_TIMEOUT_S): the reply is owed here.
-                await asyncio.wait((settled,), timeout=_COMMIT_WAIT_S)
+                # Claimed passive and being committed (one Redis call, normally milliseconds):
+                # the reply is owed here, as long as WeChat still waits for it.
+                await asyncio.wait(
+                    (settled,), timeout=max(0.0, started + _WECHAT_WAITS_S - time.monotonic())
+                )
         finally:
             if not settled.done():
                 settled.cancel()  # from now on the reply (if any) is pushed: see _process
@@ -132,6 +137,8 @@ class WebhookHandler:
         outcome = settled.result()
         if isinstance(outcome, AlreadySeen):
             return await self._answer_retry(inbound, outcome, started)
+        if outcome.pushed:
+            return _success()
         return self._answer(inbound, outcome.reply)
 
     async def drain(self) -> None:
@@ -169,12 +176,16 @@ class WebhookHandler:
             else:
                 await self._push_quietly(inbound.openid, [texts.MESSAGE_NOT_HANDLED])
             return
+        except BaseException:  # cancelled (shutdown): the request must not wait for nothing
+            if not settled.done():
+                settled.cancel()
+            raise
         if not settled.done():
             settled.set_result(outcome)
             return
         if isinstance(outcome, Processed) and outcome.reply and not outcome.pushed:
             # The request left during the commit although it had claimed the reply (the commit
-            # outlasted _COMMIT_WAIT_S): the record may say "reply", so mark it
+            # outlasted WeChat's window): the record may say "reply", so mark it
             # pushed before pushing (a retry then answers "success", never the reply again).
             # If that fails, push anyway: a reply twice is better than none.
             try:

@@ -124,7 +124,6 @@ def create_app(settings: Settings) -> web.Application:
         app[FAKE_WECHAT] = fake
         app.add_subapp(DEV_WECHAT_API_PATH, make_dev_wechat_app(fake))
     app.cleanup_ctx.append(_services)
-    app.on_startup.append(_freeze_startup_heap)  # after _services: it built what is frozen
     app.on_shutdown.append(_hand_rooms_over)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _health)
@@ -144,14 +143,16 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _freeze_startup_heap(app: web.Application) -> None:
+async def freeze_startup_heap(app: web.Application) -> None:
     """Take everything built at start-up out of the garbage collector's rounds.
 
     A process imports aiortc, PyAV, NumPy, SQLAlchemy and pydantic and builds its services:
     hundreds of thousands of objects that live as long as the process. Every full collection
     walked them all again (~70 ms each), and the webhook's allocations trigger one every couple
     of thousand messages. ``gc.freeze`` (CPython's own remedy) parks them in a permanent
-    generation; what is allocated later is collected as before.
+    generation; what is allocated later is collected as before. A long-running process
+    appends this to ``on_startup`` after creating the app (tests, which start many apps in one
+    process, do not).
     """
     gc.collect()
     gc.freeze()

@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.access_log import PathOnlyAccessLogger
-    from jiefen.app import create_app, uses_dev_wechat
+    from jiefen.app import create_app, freeze_startup_heap, uses_dev_wechat
     from jiefen.tls import ssl_context
 
     role = args.role or settings.role
@@ -197,8 +197,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         print("  try it         : run `.venv/bin/jiefen chat` in a second terminal")
     sys.stdout.flush()
+    app = create_app(settings)
+    app.on_startup.append(freeze_startup_heap)  # after the services are built
     web.run_app(
-        create_app(settings),
+        app,
         loop=new_event_loop(settings),
         host=settings.host,
         port=settings.port,
@@ -223,11 +225,13 @@ def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from jiefen.app import create_app
+    from jiefen.app import create_app, freeze_startup_heap
 
     async def run() -> None:
         worker_settings = settings.model_copy(update={"embedded_worker": True, "role": "worker"})
-        runner = web.AppRunner(create_app(worker_settings))
+        app = create_app(worker_settings)
+        app.on_startup.append(freeze_startup_heap)
+        runner = web.AppRunner(app)
         await runner.setup()  # opens every resource and starts the job loop; serves no HTTP
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

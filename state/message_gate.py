@@ -260,7 +260,7 @@ class MessageGate:
         conversation_ttl_s: int = 7 * 24 * 3600,
         turn_lease_s: float = 30.0,
         poll_interval_s: float = 0.02,
-        transcript_limit: int = 200,  # entries: one per message, i.e. ~400 lines
+        transcript_limit: int = 400,  # entries (one per message; one per line before)
     ) -> None:
         self._redis = redis
         self._prefix = prefix

@@ -30,9 +30,10 @@ REDIS_COMMAND_TIMEOUT_S = 5.0
 def connect_redis(settings: Settings) -> aioredis.Redis:
     """Return a client for ``settings.redis_url``, or an in-process stand-in when it is unset.
 
-    Every command of the real client is bounded by ``REDIS_COMMAND_TIMEOUT_S`` (redis-py's
+    Each read and write of the real client is bounded by ``REDIS_COMMAND_TIMEOUT_S`` (redis-py's
     socket timeout; given explicitly, as redis-py's default changed between versions), so a
-    Redis that stops answering fails the call instead of hanging it.
+    Redis that stops answering fails the call instead of hanging it (after redis-py's own
+    retries; the scripts' :class:`ScriptLane` bounds each whole call, connecting included).
     """
     if settings.redis_url:
         return aioredis.from_url(
@@ -72,13 +73,19 @@ class LuaScript:
 class ScriptLane:
     """Connections of a client's pool kept for scripts, and used directly: send, then read.
 
-    A connection is taken from the pool once and kept (never released to it), so closing the
-    client closes these too (``aclose`` disconnects the connections in use). What this skips
-    of redis-py's per-call path is safe because of one rule: a connection goes back to the idle
-    list only after its whole reply was read (an error reply included). A command cut short,
-    by a timeout cancelling it or a broken socket, disconnects its connection first, so a late
-    reply can never be read by the next caller as its own; the next use reconnects.
+    Up to ``IDLE_CAP`` connections are kept between calls; one more is taken from the client's
+    pool when all are busy, and given back to it after. Kept connections stay "in use" for the
+    pool, so closing the client's pool (``aclose`` of a client that owns it) closes them too.
+
+    What this skips of redis-py's per-call path is safe because of one rule: a connection is
+    reused only after its whole reply was read (an error reply included). A command cut short,
+    by the timer or a broken socket, disconnects its connection first, so a late reply can
+    never be read by the next caller as its own; the next use reconnects. One the server closed
+    while it sat idle (a restart, an idle timeout) is reconnected before it is used.
     """
+
+    #: Connections kept between calls; the webhook rarely has more scripts in flight at once.
+    IDLE_CAP = 16
 
     _lanes: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, ScriptLane]] = (
         weakref.WeakKeyDictionary()
@@ -87,9 +94,9 @@ class ScriptLane:
     def __init__(self, pool: aioredis.ConnectionPool) -> None:
         self._pool = pool
         self._idle: list[AbstractConnection] = []
-        #: The bound on one command, send and reply: the client's socket timeout, applied as
+        #: The bound on one call, connecting included: the client's socket timeout, applied as
         #: one timer (redis-py applies it as a task for the send, then a timer for the read).
-        self._timeout_s: float | None = None
+        self._timeout_s: float | None = pool.connection_kwargs.get("socket_timeout")
 
     @classmethod
     def of(cls, redis: aioredis.Redis) -> ScriptLane:
@@ -101,31 +108,43 @@ class ScriptLane:
 
     async def execute(self, command: Sequence[EncodableT]) -> Any:
         """Run one command and return its reply; an error reply is raised as redis-py does."""
-        connection = self._idle.pop() if self._idle else await self._new_connection()
-        try:
-            async with asyncio.timeout(self._timeout_s):
+        async with asyncio.timeout(self._timeout_s):
+            connection = await self._take()
+            try:
                 await connection.send_packed_command(
                     connection.pack_command(*command), check_health=False
                 )
                 reply = await connection.read_response()
-        except ResponseError:
-            self._idle.append(connection)  # the whole (error) reply was read: still in step
-            raise
-        except BaseException:
-            try:
-                await connection.disconnect(nowait=True)
-            finally:
-                if not connection.is_connected:
-                    self._idle.append(connection)
-            raise
-        self._idle.append(connection)
+            except ResponseError:
+                await self._give_back(connection)  # the whole (error) reply was read
+                raise
+            except BaseException:
+                try:
+                    await connection.disconnect(nowait=True)
+                finally:
+                    if not connection.is_connected:
+                        self._idle.append(connection)  # reconnects on its next use
+                raise
+            await self._give_back(connection)
         return reply
 
-    async def _new_connection(self) -> AbstractConnection:
-        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        self._timeout_s = connection.socket_timeout
-        connection.socket_timeout = None  # bounded by execute's own timer instead
-        return connection
+    async def _take(self) -> AbstractConnection:
+        if self._idle:
+            idle = self._idle.pop()
+            at_eof = getattr(getattr(idle, "_reader", None), "at_eof", None)
+            if at_eof is not None and at_eof():
+                await idle.disconnect(nowait=True)  # nothing sent yet: reconnect first
+            return idle
+        fresh: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        fresh.socket_timeout = None  # bounded by execute's own timer instead
+        return fresh
+
+    async def _give_back(self, connection: AbstractConnection) -> None:
+        if len(self._idle) < self.IDLE_CAP:
+            self._idle.append(connection)
+            return
+        connection.socket_timeout = self._timeout_s
+        await self._pool.release(connection)
 
 
 def as_text(value: bytes | str) -> str:

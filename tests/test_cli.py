@@ -84,6 +84,7 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
         output, _ = server.communicate(timeout=20)
     assert server.returncode == 0, output
     assert f"{url}/wechat" in output  # serve prints the URLs it serves
+    assert "start-up heap frozen" in output  # the long-lived process left its heap to itself
     assert "公众号：您好，欢迎使用「解纷」" in chat.stdout  # the welcome on following
     case_numbers = set(re.findall(r"JF\d{8}-\d{4}", chat.stdout))
     assert len(case_numbers) == 1, chat.stdout  # filed, then listed by 「查询」

@@ -75,3 +75,26 @@ async def test_a_command_is_bounded_by_the_clients_socket_timeout(
             await ScriptLane.of(client).execute(("BLPOP", f"{redis_prefix}never", 5))
     finally:
         await client.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_reconnected_not_failed(
+    redis_client: aioredis.Redis,
+) -> None:
+    lane = ScriptLane.of(redis_client)
+    connection_id = await lane.execute(("CLIENT", "ID"))
+    await redis_client.execute_command("CLIENT", "KILL", "ID", connection_id)
+    await asyncio.sleep(0.05)  # the close reaches the idle connection
+    assert await lane.execute(("PING",)) in (b"PONG", "PONG", True)
+    assert await lane.execute(("CLIENT", "ID")) != connection_id
+
+
+async def test_connections_beyond_the_idle_cap_go_back_to_the_pool(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    lane = ScriptLane.of(redis_client)
+    waits = [lane.execute(("BLPOP", f"{redis_prefix}empty:{n}", 0.2)) for n in range(40)]
+    assert await asyncio.gather(*waits) == [None] * 40  # all 40 ran at once, on 40 connections
+    pool = redis_client.connection_pool
+    assert len(lane._idle) == ScriptLane.IDLE_CAP
+    assert len(pool._in_use_connections) == ScriptLane.IDLE_CAP  # type: ignore[attr-defined]
+    assert await redis_client.ping()  # the pool's own commands are not starved

@@ -49,9 +49,13 @@ def test_a_push_decodes_and_its_encrypted_reply_opens_with_wechatpy() -> None:
 
 def test_a_wrong_msg_signature_or_a_missing_envelope_is_refused() -> None:
     push = SIMULATOR.text("o_codec", "你好")
-    forged = dict(push.params, msg_signature="0" * 40)
-    with pytest.raises(BadSignature):
-        CODEC.decode(forged, push.body)
+    for forged in (
+        dict(push.params, msg_signature="0" * 40),
+        dict(push.params, msg_signature="签名"),  # non-ASCII: refused, not a crash
+        dict(push.params, signature="签名"),
+    ):
+        with pytest.raises(BadSignature):
+            CODEC.decode(forged, push.body)
     for body in (b"<xml><ToUserName>gh</ToUserName></xml>", b"<xml><Encrypt/></xml>", b"<x"):
         with pytest.raises(MalformedMessage):
             CODEC.decode(push.params, body)

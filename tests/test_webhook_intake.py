@@ -205,6 +205,26 @@ async def test_a_reply_claimed_in_time_is_answered_passively_though_its_commit_r
     assert [m for m in jiefen.fake.sent if m.touser == "o_late_commit"] == []
 
 
+async def test_on_the_embedded_stand_in_a_late_reply_is_pushed_and_not_also_answered(
+    sqlite_database_url: str, tmp_path: Path
+) -> None:
+    # The in-process Redis may finish a commit before the request wakes at its deadline: a
+    # reply pushed within the commit must then not be given passively as well.
+    async with running_jiefen(
+        database_url=sqlite_database_url,
+        redis_url="",
+        redis_prefix="",
+        data_dir=tmp_path,
+        passive_reply_deadline_s=0.0,
+    ) as jiefen:
+        delivery = await jiefen.send(jiefen.simulator.subscribe("o_embedded"))
+        assert isinstance(delivery.reply, NoReply) and delivery.reply.body == "success"
+        pushed = await jiefen.wait_for_pushes("o_embedded", 1)
+        await asyncio.sleep(0.3)
+        assert len(pushed) == 1 and "我要调解" in pushed[0]
+        assert len(await jiefen.wait_for_pushes("o_embedded", 2, wait_s=0.3)) == 1
+
+
 async def test_pushed_replies_keep_their_order_when_a_send_fails(start: Factory) -> None:
     jiefen = await start(passive_reply_deadline_s=0.0)
     openid = "o_order"
