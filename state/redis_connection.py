@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: The longest one Redis command may take, sending and reading its reply (seconds).
 REDIS_COMMAND_TIMEOUT_S = 5.0
+#: Connections one client may open (redis-py 8's default is 100; the script lane keeps up to 64).
+REDIS_MAX_CONNECTIONS = 256
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
@@ -40,6 +42,7 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
             settings.redis_url,
             socket_connect_timeout=REDIS_COMMAND_TIMEOUT_S,
             socket_timeout=REDIS_COMMAND_TIMEOUT_S,
+            max_connections=REDIS_MAX_CONNECTIONS,
         )
     import fakeredis  # imported lazily: production never needs it
 
@@ -84,8 +87,10 @@ class ScriptLane:
     while it sat idle (a restart, an idle timeout) is reconnected before it is used.
     """
 
-    #: Connections kept between calls; the webhook rarely has more scripts in flight at once.
-    IDLE_CAP = 16
+    #: Connections kept between calls: above the scripts a busy webhook has in flight at once
+    #: (a lower cap made connections churn through the pool's slow path at 32 senders), below
+    #: the pool's limit (``REDIS_MAX_CONNECTIONS``), so a burst never starves other commands.
+    IDLE_CAP = 64
 
     _lanes: ClassVar[weakref.WeakKeyDictionary[aioredis.Redis, ScriptLane]] = (
         weakref.WeakKeyDictionary()

@@ -92,8 +92,9 @@ async def test_connections_beyond_the_idle_cap_go_back_to_the_pool(
     redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     lane = ScriptLane.of(redis_client)
-    waits = [lane.execute(("BLPOP", f"{redis_prefix}empty:{n}", 0.2)) for n in range(40)]
-    assert await asyncio.gather(*waits) == [None] * 40  # all 40 ran at once, on 40 connections
+    count = ScriptLane.IDLE_CAP + 24
+    waits = [lane.execute(("BLPOP", f"{redis_prefix}empty:{n}", 0.2)) for n in range(count)]
+    assert await asyncio.gather(*waits) == [None] * count  # all at once, each on its own
     pool = redis_client.connection_pool
     assert len(lane._idle) == ScriptLane.IDLE_CAP
     assert len(pool._in_use_connections) == ScriptLane.IDLE_CAP  # type: ignore[attr-defined]
