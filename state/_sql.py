@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,8 +16,11 @@ def table_of(model: Any) -> sa.Table:
     return table
 
 
+def insert_for(backend: str) -> Callable[[sa.Table], Any]:
+    """The INSERT construct that knows ``ON CONFLICT`` for ``backend`` (a dialect name)."""
+    return postgresql.insert if backend == "postgresql" else sqlite.insert
+
+
 def upsert(connection: AsyncConnection, table: sa.Table) -> Any:
     """An INSERT that knows ``ON CONFLICT`` for the connection's backend."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return insert_for(connection.dialect.name)(table)

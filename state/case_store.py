@@ -31,7 +31,6 @@ from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cases.case_number import CaseNumber, china_day
@@ -39,7 +38,7 @@ from cases.draft import CaseDraft, Category, EvidenceKind
 from cases.id_number import mask_id_number, normalise_id_number
 from cases.routing import Organisation
 from cases.status import INITIAL_STATUS, CaseStatus, check_transition
-from state._sql import table_of, upsert
+from state._sql import insert_for, table_of, upsert
 from state.db import storage_errors
 from state.media_store import pending_media_row
 from state.models import (
@@ -175,7 +174,7 @@ class _FilingStatements:
 
 @functools.cache
 def _filing_statements(backend: str) -> _FilingStatements:
-    insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+    insert = insert_for(backend)
     return _FilingStatements(
         # Organisations are synced at start-up; this keeps the foreign key whole for one
         # added since.
@@ -196,12 +195,6 @@ def _filing_statements(backend: str) -> _FilingStatements:
         .where(_CASES.c.id == sa.bindparam("case_row"))
         .values(case_no=sa.bindparam("new_case_no")),
     )
-
-
-async def _next_counter(connection: AsyncConnection, day: date) -> int:
-    statement = _filing_statements(connection.dialect.name).next_counter
-    value: int = (await connection.execute(statement, {"counter_day": day})).scalar_one()
-    return value
 
 
 async def _repair_counter(connection: AsyncConnection, day: date) -> None:
@@ -380,7 +373,8 @@ async def _insert_case(
             [_intake_row(case_id, seq, line) for seq, line in enumerate(filing.intake, start=1)],
         )
     day = china_day(now)
-    case_no = str(CaseNumber(day, await _next_counter(connection, day)))
+    counter = await connection.execute(statements.next_counter, {"counter_day": day})
+    case_no = str(CaseNumber(day, counter.scalar_one()))
     await connection.execute(statements.set_case_no, {"case_row": case_id, "new_case_no": case_no})
     return case_no
 
