@@ -5,7 +5,8 @@ Contract of every function here, and of the other stores (``state.media_store``,
 
 - It takes the application's ``AsyncEngine`` (``state.db.create_engine``) and runs as **one
   short transaction** of its own (``engine.begin()``): all of it is stored, or none of it.
-  (``create_case`` takes two more only to repair a counter found behind the stored cases.)
+  (``create_case`` takes more only to repair what a filing found missing: the organisation's
+  row, or a counter behind the stored cases.)
 - A database that cannot be reached raises ``StorageUnavailable`` (``state.db.storage_errors``);
   since nothing was committed, the caller can tell the resident to retry and lose nothing.
 - It takes and returns plain frozen dataclasses and ``cases`` enums, never table objects.
@@ -168,6 +169,11 @@ class _FilingStatements:
     ensure_media: Any
     insert_evidence: Any
     insert_intake: Any
+    #: Bumps the day's counter and writes the case's number, returning it: one statement on
+    #: PostgreSQL (a data-modifying CTE), so the counter row's lock, which serialises the day's
+    #: filings, is held for that statement and the commit only. ``None`` on SQLite (no
+    #: data-modifying CTEs; its one writer at a time makes the extra statement harmless).
+    number_case: Any | None
     next_counter: Any
     set_case_no: Any
 
@@ -175,9 +181,30 @@ class _FilingStatements:
 @functools.cache
 def _filing_statements(backend: str) -> _FilingStatements:
     insert = insert_for(backend)
+    next_counter = (
+        insert(_COUNTERS)
+        .values(day=sa.bindparam("counter_day"), last_value=1)
+        .on_conflict_do_update(
+            index_elements=[_COUNTERS.c.day], set_={"last_value": _COUNTERS.c.last_value + 1}
+        )
+        .returning(_COUNTERS.c.last_value)
+    )
+    number_case = None
+    if backend == "postgresql":
+        counter = next_counter.cte("counter")
+        digits = sa.cast(counter.c.last_value, sa.Text)
+        # CaseNumber's "{counter:04d}": at least four digits, more when the day needs them.
+        padded = sa.func.lpad(digits, sa.func.greatest(4, sa.func.length(digits)), "0")
+        number = sa.select(sa.bindparam("day_prefix", type_=sa.Text) + padded).scalar_subquery()
+        number_case = (
+            sa.update(_CASES)
+            .where(_CASES.c.id == sa.bindparam("case_row"))
+            .values(case_no=number)
+            .returning(_CASES.c.case_no)
+        )
     return _FilingStatements(
-        # Organisations are synced at start-up; this keeps the foreign key whole for one
-        # added since.
+        # Organisations are synced at start-up; this repairs the foreign key when a filing finds
+        # its organisation missing (a database restored or emptied since), see create_case.
         ensure_organisation=insert(_ORGS).on_conflict_do_nothing(index_elements=[_ORGS.c.code]),
         insert_case=sa.insert(_CASES).returning(_CASES.c.id),
         insert_changes=sa.insert(_CHANGES),
@@ -185,20 +212,21 @@ def _filing_statements(backend: str) -> _FilingStatements:
         ensure_media=insert(_MEDIA).on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id]),
         insert_evidence=sa.insert(_EVIDENCE),
         insert_intake=sa.insert(_INTAKE),
-        next_counter=insert(_COUNTERS)
-        .values(day=sa.bindparam("counter_day"), last_value=1)
-        .on_conflict_do_update(
-            index_elements=[_COUNTERS.c.day], set_={"last_value": _COUNTERS.c.last_value + 1}
-        )
-        .returning(_COUNTERS.c.last_value),
+        number_case=number_case,
+        next_counter=next_counter,
         set_case_no=sa.update(_CASES)
         .where(_CASES.c.id == sa.bindparam("case_row"))
         .values(case_no=sa.bindparam("new_case_no")),
     )
 
 
+def _day_prefix(day: date) -> str:
+    """What every case number of ``day`` starts with (``JF20261121-``)."""
+    return str(CaseNumber(day, 1)).rsplit("-", 1)[0] + "-"
+
+
 async def _repair_counter(connection: AsyncConnection, day: date) -> None:
-    prefix = str(CaseNumber(day, 1)).rsplit("-", 1)[0] + "-"
+    prefix = _day_prefix(day)
     numbers = await connection.execute(
         sa.select(_CASES.c.case_no).where(_CASES.c.case_no.startswith(prefix, autoescape=True))
     )
@@ -241,31 +269,61 @@ async def create_case(
     filing = _Filing(
         draft, applicant_openid, organisation, accept_deadline, intake, now, submission_key
     )
+    day = china_day(now)
+    repaired: set[str] = set()
     with storage_errors("store the new case"):
-        # A repeat is found by the unique index on submission_key (no look-up before every
-        # filing: repeats are rare, and the index decides even between racing retries).
-        try:
-            async with db.begin() as connection:
-                case_no = await _insert_case(connection, filing, protector)
-        except sqlalchemy.exc.IntegrityError as error:
-            if submission_key is not None and "submission_key" in str(error.orig):
-                earlier = await _filed_under(db, submission_key)
-                if earlier is not None:
-                    log.warning("intake already filed as %s; not filing it again", earlier.case_no)
-                    return earlier
-            if "case_no" not in str(error.orig):
-                raise
-            # The counter is behind the cases (restored from an old backup, edited by hand):
-            # move it past the highest number in use, then try once more.
-            log.error("case number collision on %s; repairing the counter", china_day(now))
-            async with db.begin() as connection:
-                await _repair_counter(connection, china_day(now))
-            async with db.begin() as connection:
-                case_no = await _insert_case(connection, filing, protector)
+        while True:
+            try:
+                async with db.begin() as connection:
+                    case_no = await _insert_case(connection, filing, protector)
+                break
+            except sqlalchemy.exc.IntegrityError as error:
+                # A repeat is found by the unique index on submission_key (no look-up before
+                # every filing: repeats are rare, and the index decides even between racing
+                # retries). The other two cases are repaired once each, then tried again.
+                reason = str(error.orig)
+                if submission_key is not None and "submission_key" in reason:
+                    earlier = await _filed_under(db, submission_key)
+                    if earlier is not None:
+                        log.warning(
+                            "intake already filed as %s; not filing it again", earlier.case_no
+                        )
+                        return earlier
+                repair = _repair_for(reason)
+                if repair is None or repair in repaired:
+                    raise
+                repaired.add(repair)
+                async with db.begin() as connection:
+                    if repair == "organisation":
+                        log.warning("organisation %s missing; adding it", organisation.code)
+                        statements = _filing_statements(connection.dialect.name)
+                        await connection.execute(
+                            statements.ensure_organisation, organisation_row(organisation, now)
+                        )
+                    else:
+                        log.error("case number collision on %s; repairing the counter", day)
+                        await _repair_counter(connection, day)
     log.info("case %s stored, routed to %s", case_no, organisation.code)
     return CreatedCase(
         case_no, organisation.name, organisation.phone, accept_deadline, INITIAL_STATUS
     )
+
+
+def _repair_for(reason: str) -> str | None:
+    """What a filing refused with ``reason`` needs before it is tried again, if anything.
+
+    - ``"organisation"``: a foreign key failed. The only one a filing can miss is the case's
+      organisation (its evidence's media rows are inserted with it): organisations are synced
+      at start-up, not on every filing, so a database restored or emptied since lacks the row.
+      (SQLite does not say which key failed; PostgreSQL does, and it is always this one.)
+    - ``"counter"``: the case number is taken: the day's counter is behind the cases (restored
+      from an old backup, edited by hand) and is moved past the highest number in use.
+    """
+    if "foreign key" in reason.lower():
+        return "organisation"
+    if "case_no" in reason:
+        return "counter"
+    return None
 
 
 async def _filed_under(db: AsyncEngine, submission_key: str) -> CreatedCase | None:
@@ -309,7 +367,6 @@ async def _insert_case(
     # held for two statements and the commit, not for the whole filing.
     placeholder = "pending-" + secrets.token_hex(12)
     statements = _filing_statements(connection.dialect.name)
-    await connection.execute(statements.ensure_organisation, organisation_row(org, now))
     values = {
         "case_no": placeholder,
         "submission_key": filing.submission_key,
@@ -373,6 +430,13 @@ async def _insert_case(
             [_intake_row(case_id, seq, line) for seq, line in enumerate(filing.intake, start=1)],
         )
     day = china_day(now)
+    if statements.number_case is not None:
+        numbered = await connection.execute(
+            statements.number_case,
+            {"counter_day": day, "case_row": case_id, "day_prefix": _day_prefix(day)},
+        )
+        # Parsed back so that SQL's formatting can never drift from CaseNumber's unnoticed.
+        return str(CaseNumber.parse(numbered.scalar_one()))
     counter = await connection.execute(statements.next_counter, {"counter_day": day})
     case_no = str(CaseNumber(day, counter.scalar_one()))
     await connection.execute(statements.set_case_no, {"case_row": case_id, "new_case_no": case_no})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -337,6 +338,30 @@ async def test_a_counter_behind_the_cases_is_repaired(db: AsyncEngine) -> None:
     async with db.begin() as connection:
         await connection.execute(sa.text("UPDATE case_number_counters SET last_value = 1"))
     assert (await file_case(db)).case_no == "JF20261121-0005"
+
+
+async def test_numbers_past_9999_keep_every_digit(db: AsyncEngine) -> None:
+    await file_case(db)
+    async with db.begin() as connection:
+        await connection.execute(sa.text("UPDATE case_number_counters SET last_value = 9998"))
+    numbers = [(await file_case(db, openid=f"o-{i}")).case_no for i in range(2)]
+    assert numbers == ["JF20261121-9999", "JF20261121-10000"]
+
+
+async def test_a_filing_adds_its_organisation_when_the_database_lacks_it(
+    db: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Organisations are synced at start-up; this database never was (as if restored since).
+    caplog.set_level(logging.WARNING, logger="state.case_store")
+    first = await file_case(db)
+    second = await file_case(db, openid="o-other")
+    assert [first.case_no, second.case_no] == ["JF20261121-0001", "JF20261121-0002"]
+    async with db.connect() as connection:
+        rows = (await connection.execute(sa.text("SELECT code, name FROM organisations"))).all()
+    assert [tuple(row) for row in rows] == [(ORG.code, ORG.name)]
+    # Repaired once, by the first filing; the second found the row.
+    repairs = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert repairs == [f"organisation {ORG.code} missing; adding it"]
 
 
 async def test_open_callback_requests_are_listed_oldest_first_until_handled(

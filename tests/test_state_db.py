@@ -102,6 +102,24 @@ async def test_postgresql_recovers_after_its_connections_are_killed(pg_database_
         await engine.dispose()
 
 
+async def test_a_pooled_postgresql_connection_is_checked_with_one_statement(
+    pg_database_url: str,
+) -> None:
+    engine = create_engine(pg_database_url)
+    try:
+        statements: list[str] = []
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            raw.driver_connection.add_query_logger(lambda record: statements.append(record.query))
+        async with engine.connect():
+            pass
+        await asyncio.sleep(0.1)  # asyncpg calls query loggers from the loop, soon after
+        # SQLAlchemy's own pre-ping sent BEGIN, ";" and ROLLBACK: three round trips.
+        assert statements == ["SELECT 1"]
+    finally:
+        await engine.dispose()
+
+
 async def test_timestamps_come_back_aware_utc(database_url: str) -> None:
     migrate(database_url)
     engine = create_engine(database_url)
