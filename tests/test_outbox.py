@@ -4,7 +4,7 @@ even when a drainer outlives its lease and another worker takes over."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -67,6 +67,13 @@ def _workers(
     return outbox, workers
 
 
+def _sends_seen(api: FakeWeChatAPI, count: int) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return api.requests_to(CUSTOM_SEND_PATH) >= count
+
+    return probe
+
+
 async def test_replies_go_out_once_each_and_in_order_when_a_drainer_loses_its_lease(
     fake: tuple[FakeWeChatAPI, str],
     redis_client: aioredis.Redis,
@@ -83,14 +90,20 @@ async def test_replies_go_out_once_each_and_in_order_when_a_drainer_loses_its_le
         # The first send takes longer than the lease: the second worker claims the drain.
         api.fail_next(CUSTOM_SEND_PATH, delay=0.5)
         slow = asyncio.create_task(first.run_once())
-        await asyncio.sleep(0.35)
+        # Wait for the slow send to reach the API rather than for a fixed time: on a loaded
+        # machine the first worker may claim later than a fixed sleep allowed for, and the
+        # second would then have claimed the drain first.
+        assert await eventually(_sends_seen(api, 1), wait_s=5)
         # The drain is due again once the lease ran out (or, cut off, it was retried): the
         # second worker claims it within a moment.
         assert await eventually(second.run_once, wait_s=5)
         await slow
-        for _ in range(20):  # whatever is left (a retried or re-claimed drain) finishes
-            await asyncio.sleep(0.05)
+
+        async def finished() -> bool:  # whatever is left (a retried or re-claimed drain)
             await first.run_once()
+            return await outbox.head(OPENID) is None
+
+        assert await eventually(finished, wait_s=10)
     sent = [message.content for message in api.sent if message.touser == OPENID]
     # The slow drainer's send was cut off at the end of its lease (a drainer never acts past
     # it) and the second worker sent everything: each part once, in order, E2 not skipped.
