@@ -3,7 +3,8 @@
 Every client message is a JSON object with a ``type``; :func:`parse_client_message` turns it
 into one of the frozen dataclasses below or raises :class:`ProtocolError` with a stable
 ``code`` that goes back to the client in an ``error`` message. Server messages are built with
-:func:`server_message` so that their shape lives in one place.
+:func:`server_message` so that their shape lives in one place. The WebSocket close codes the
+server ends a connection with (``CLOSE_*``) are the protocol's too, and live here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from mediation_rooms.room import SeatRole, Side
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CHAT_CHARS = 500
 MAX_NAME_CHARS = 64
+
+# WebSocket close codes (4000–4999 are the application's): the page shows why.
+CLOSE_REFUSED = 4401
+CLOSE_REPLACED = 4409
+CLOSE_REMOVED = 4403
+CLOSE_ENDED = 4410
+#: Not final: the room is hosted by another media process; the page asks where, and goes there.
+CLOSE_MOVED = 4302
 
 
 class ProtocolError(Exception):

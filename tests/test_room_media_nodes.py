@@ -26,7 +26,7 @@ import pytest
 
 from bot.bench_webhook import free_port, wait_until_healthy
 from mediation_rooms.manifest import verify_recording
-from mediation_rooms.room_hub import CLOSE_MOVED
+from mediation_rooms.signalling import CLOSE_MOVED
 from state.signing_key import load_or_create_signing_key
 from tests.conftest import REDIS_URL
 from tests.harness import ADMIN_TOKEN, RunningJiefen, running_jiefen

@@ -21,7 +21,7 @@ import pytest
 
 from mediation_rooms.join_token import JoinClaims, issue_join_token
 from mediation_rooms.manifest import verify_recording
-from mediation_rooms.room_hub import CLOSE_REFUSED, CLOSE_REPLACED
+from mediation_rooms.signalling import CLOSE_REFUSED, CLOSE_REPLACED
 from mediation_rooms.synthetic_peer import SyntheticPeer, synthetic_clip
 from state import room_store
 from state.signing_key import load_or_create_signing_key
