@@ -32,6 +32,7 @@ from cases.service import CaseService
 from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
+from jiefen.errors import ConfigurationError
 from mediation_rooms.finalise import (
     JOB_FINALISE_RECORDING,
     MAX_RUNTIME_S,
@@ -39,7 +40,13 @@ from mediation_rooms.finalise import (
     sweep_unfinalised,
 )
 from mediation_rooms.media_session import MediaConfig
-from mediation_rooms.placement import MediaNode, MediaPlacement, NodeHeartbeat, signalling_url_for
+from mediation_rooms.node_heartbeat import NodeHeartbeat
+from mediation_rooms.placement import (
+    MediaNode,
+    MediaPlacement,
+    NodeIdInUse,
+    signalling_url_for,
+)
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
 from mediation_rooms.web_rooms import add_room_routes
@@ -246,7 +253,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         if node is not None:
             heartbeat = NodeHeartbeat(placement, node, hosted=hub.hosted_rooms, on_lost=hub.lost)
-            await heartbeat.start()
+            try:
+                await heartbeat.start()
+            except NodeIdInUse as error:
+                raise ConfigurationError(
+                    f"{error}, so this one does not start: give each media process its own "
+                    "JIEFEN_MEDIA_NODE_ID (unset, it is <hostname>:<port>)"
+                ) from error
             log.info("media node %s serves rooms at %s", node.node_id, node.signalling_url)
         finaliser = recording_finaliser(settings, db=db, redis=redis)
         background.register(

@@ -7,10 +7,20 @@ forwarding and its recording live in that process's memory. This module is how e
 agrees on that process, with nothing kept in any process's memory:
 
 - **Nodes.** Each media process registers itself as a node: ``media:node:<id>`` is a hash of
-  where browsers reach its signalling (``url``), how many rooms it should take (``capacity``)
-  and how many it hosts now (``hosting``), with a TTL of :data:`NODE_TTL_S` that its heartbeat
-  renews every :data:`HEARTBEAT_S`. A node whose key has expired is dead. ``media:nodes`` is the
-  set of node ids (dead ones are pruned when seen).
+  where browsers reach its signalling (``url``), how many rooms it should take (``capacity``),
+  how many it hosts now (``hosting``) and which process start it is (``instance``, random per
+  start), with a TTL of :data:`NODE_TTL_S` that its heartbeat renews every :data:`HEARTBEAT_S`.
+  A node whose key has expired is dead. ``media:nodes`` is the set of node ids (dead ones are
+  pruned when seen).
+- **One id, one process.** Claims name the node id only, so two live processes under one id
+  (containers with a fixed hostname, the same ``JIEFEN_MEDIA_NODE_ID``) would share rooms and
+  load unnoticed. The instance token tells them apart: registration is refused
+  (:class:`NodeIdInUse`) while another instance's key under the id is *renewed*; a key that
+  only runs out (a process that was killed and is restarting) is waited for, at most
+  :data:`NODE_TTL_S`, and then taken over, with the rooms still claimed under the id. A beat
+  that finds another instance's token writes nothing: the process has lost its identity and
+  fences itself at once (below). Claims, releases and deregistration by an instance that is not
+  the registered one change nothing.
 - **Placement.** ``room:<id>:node`` names the node of a room. :meth:`MediaPlacement.place`
   (asked by the join page, through ``POST /rooms/placement``, before it opens its WebSocket)
   returns the room's node if it is alive, else picks the live node with the lowest load
@@ -19,20 +29,38 @@ agrees on that process, with nothing kept in any process's memory:
   node's load, so two placements at the same moment do not both pick the emptiest node.
 - **Claim.** A node hosts a room only after :meth:`MediaPlacement.claim` succeeds, which it
   does unless another *live* node holds the room, or the claiming node is not registered
-  itself. The host renews its claims with every heartbeat (:meth:`heartbeat`); a claim it finds
-  taken by another node is reported back as lost, and the caller stops hosting the room.
+  itself. The heartbeat (:meth:`heartbeat`) is one script: it re-registers the node (hash,
+  token, TTL, set membership) and re-asserts the claims of every room the node hosts, in one
+  atomic step; a claim it finds taken by another node is reported back as lost, and the caller
+  stops hosting the room.
 - **Fencing.** A node that cannot renew its registration (Redis unreachable, its event loop
   stalled) stops hosting all its rooms by itself after :data:`FENCE_AFTER_S`, before the
   others may take it for dead at :data:`NODE_TTL_S`: so a room is not hosted by two processes
-  at once. Should it happen anyway (a stall longer than that, during which the loop cannot run
-  the fence), the recording's part files are created exclusively: the two write different
-  parts, never one file.
+  at once. A node whose beat finds its id held by another instance stops hosting them at once.
+  Should it happen anyway (a stall longer than that, during which the loop cannot run the
+  fence), the recording's part files are created exclusively: the two write different parts,
+  never one file.
 - **Failover.** A killed node's heartbeat stops; within :data:`NODE_TTL_S` its rooms count as
   vacant, the next join is placed on a live node, and that node resumes the room from its live
-  state in Redis (see :mod:`mediation_rooms.room_hub`). The page notices through its socket
+  state in Redis (see :mod:`mediation_rooms.live_room`). The page notices through its socket
   closing, or, when the host vanished without closing it (power, network), through its peer
   connection failing (ICE consent, some 15–30 s). The recordings directory must be storage
   every media process and worker shares (one host's disk, or a shared mount).
+- **Redis losing its data** (a restart without persistence, a failover to an empty replica).
+  Each node's next successful beat restores its registration and all its hosted rooms' claims
+  at once. Until its host has beaten, a placement could find no claim on a hosted room and move
+  it (the host would then hand it over). So a beat that expected its node's key (renewed less
+  than :data:`FENCE_AFTER_S` ago) and finds it gone sets ``media:settling`` for
+  :data:`SETTLE_S`, and meanwhile a room without a claim is not placed (:class:`NoMediaNode`;
+  the page asks again): by its end every node still hosting rooms has beaten, or fenced itself
+  (its last renewal was before the loss). The window that remains: from the loss until the
+  first beat of a node registered before it (up to :data:`HEARTBEAT_S` after Redis answers
+  again) no node is registered, so nothing is placed at all, unless a process *starting* then
+  registers first: a room hosted elsewhere can then be placed on it and hosted twice, until its
+  host's next beat (at most :data:`HEARTBEAT_S`; the two write separate recording parts). The
+  costs: for :data:`SETTLE_S` after a loss (or after a running node's key was deleted by hand)
+  a room without a claim waits to be placed even if nobody hosts it; reservations (placed, not
+  yet joined) are lost, and their joins claim the room on the node the page was sent to.
 
 The scripts run atomically in Redis. They read keys derived from their arguments (node keys),
 which standalone Redis and Sentinel allow; a Redis Cluster deployment would need the keys of a
@@ -41,15 +69,15 @@ deployment in one hash slot (a ``{…}`` hash tag in ``JIEFEN_REDIS_PREFIX``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from jiefen.errors import ConfigurationError
 from state.redis_connection import LuaScript, as_text
 
 log = logging.getLogger(__name__)
@@ -65,14 +93,22 @@ FENCE_AFTER_S = NODE_TTL_S - HEARTBEAT_S
 CLAIM_TTL_S = 30
 #: A room placed on a node but not yet joined stays reserved there this long.
 RESERVATION_TTL_S = 120
+#: After Redis lost its data, rooms without a claim are not placed for this long: every node
+#: still hosting rooms has re-asserted them by then, or fenced itself (FENCE_AFTER_S < this).
+SETTLE_S = NODE_TTL_S
 
 # Returns the room's node: its current one while that node is alive, else the live node with
-# the lowest load, now reserved for the room; false when no node is alive.
-# KEYS: room key, nodes set. ARGV: key prefix, room id, reservation TTL.
+# the lowest load, now reserved for the room; false when no node is alive; {'settling', ms}
+# for a room without a claim while nodes re-assert theirs after Redis lost its data.
+# KEYS: room key, nodes set, settling key. ARGV: key prefix, room id, reservation TTL.
 _PLACE = """
 local owner = redis.call('GET', KEYS[1])
 if owner and redis.call('EXISTS', ARGV[1] .. 'media:node:' .. owner) == 1 then
   return owner
+end
+if not owner then
+  local settling = redis.call('PTTL', KEYS[3])
+  if settling > 0 then return {'settling', settling} end
 end
 local best, best_load = nil, nil
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -96,10 +132,13 @@ return best
 """
 
 # Makes ARGV[3] the room's node unless another live node holds it; returns that node or false.
-# A node that is not registered (its key expired: it was taken for dead) claims nothing.
-# KEYS: room key. ARGV: key prefix, room id, node id, claim TTL.
+# A node that is not registered (its key expired: it was taken for dead), or whose key another
+# instance holds (ARGV[5], when not empty, is the claiming instance), claims nothing.
+# KEYS: room key. ARGV: key prefix, room id, node id, claim TTL, instance.
 _CLAIM = """
-if redis.call('EXISTS', ARGV[1] .. 'media:node:' .. ARGV[3]) == 0 then
+local node = ARGV[1] .. 'media:node:' .. ARGV[3]
+if redis.call('EXISTS', node) == 0
+    or (ARGV[5] ~= '' and redis.call('HGET', node, 'instance') ~= ARGV[5]) then
   return 'unregistered:' .. ARGV[3]
 end
 local owner = redis.call('GET', KEYS[1])
@@ -112,43 +151,95 @@ redis.call('SADD', ARGV[1] .. 'media:node:' .. ARGV[3] .. ':rooms', ARGV[2])
 return false
 """
 
-# Renews the claims of the rooms ARGV[4..] hosted by node ARGV[2]; forgets the node's
-# reservations that lapsed; returns the hosted rooms whose claim another node now holds.
-# KEYS: the node's rooms set. ARGV: key prefix, node id, claim TTL, hosted room ids...
-_RENEW = """
-local hosted, lost = {}, {}
-for i = 4, #ARGV do
+# One beat of node ARGV[2], instance ARGV[3], hosting the rooms ARGV[12..]: unless another
+# instance's key holds the id ({'taken', its instance, its key's TTL in ms}: nothing written),
+# registers the node (hash, TTL, set membership), renews or re-asserts the claims of its hosted
+# rooms, forgets its reservations that lapsed, and returns {'ok', hosted rooms another node now
+# holds...}. A renewal that expected the node's key (ARGV[10] = '1') and finds it gone means
+# Redis lost its data: rooms without a claim then wait to be placed (the settling key).
+# KEYS: node key, nodes set, the node's rooms set, settling key. ARGV: key prefix, node id,
+# instance, url, capacity, hosting, started at, node TTL, claim TTL, expected, settle ms, rooms...
+_BEAT = """
+local holder = redis.call('HGET', KEYS[1], 'instance')
+if holder and holder ~= ARGV[3] then
+  return {'taken', holder, redis.call('PTTL', KEYS[1])}
+end
+if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[4], ARGV[2], 'PX', tonumber(ARGV[11]), 'NX')
+end
+redis.call('HSET', KEYS[1], 'url', ARGV[4], 'capacity', ARGV[5], 'hosting', ARGV[6],
+  'instance', ARGV[3], 'started_at', ARGV[7])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+redis.call('SADD', KEYS[2], ARGV[2])
+local hosted, lost, reply = {}, {}, {'ok'}
+for i = 12, #ARGV do
   local room = ARGV[i]
   hosted[room] = true
   local key = ARGV[1] .. 'room:' .. room .. ':node'
   local owner = redis.call('GET', key)
   if owner == false or owner == ARGV[2] then
-    redis.call('SET', key, ARGV[2], 'EX', tonumber(ARGV[3]))
-    redis.call('SADD', KEYS[1], room)
+    redis.call('SET', key, ARGV[2], 'EX', tonumber(ARGV[9]))
+    redis.call('SADD', KEYS[3], room)
   else
     table.insert(lost, room)
+    table.insert(reply, room)
   end
 end
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   if not hosted[room] and redis.call('GET', ARGV[1] .. 'room:' .. room .. ':node') ~= ARGV[2] then
-    redis.call('SREM', KEYS[1], room)
+    redis.call('SREM', KEYS[3], room)
   end
 end
-for _, room in ipairs(lost) do redis.call('SREM', KEYS[1], room) end
-return lost
+for _, room in ipairs(lost) do redis.call('SREM', KEYS[3], room) end
+return reply
 """
 
-# Gives the room up if node ARGV[2] holds it. KEYS: room key, the node's rooms set.
-# ARGV: room id, node id.
+# Gives the room up if node ARGV[2] holds it, unless another instance's key holds the node id
+# (ARGV[3], when not empty, is the releasing instance).
+# KEYS: room key, the node's rooms set, node key. ARGV: room id, node id, instance.
 _RELEASE = """
+local holder = redis.call('HGET', KEYS[3], 'instance')
+if ARGV[3] ~= '' and holder and holder ~= ARGV[3] then return 0 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
+# Removes node ARGV[2] and gives up the claims it holds of the rooms ARGV[4..], unless another
+# instance's key holds the node id (ARGV[3], when not empty, is the leaving instance).
+# KEYS: node key, the node's rooms set, nodes set. ARGV: key prefix, node id, instance, rooms...
+_DEREGISTER = """
+local holder = redis.call('HGET', KEYS[1], 'instance')
+if ARGV[3] ~= '' and holder and holder ~= ARGV[3] then return 0 end
+for i = 4, #ARGV do
+  local key = ARGV[1] .. 'room:' .. ARGV[i] .. ':node'
+  if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+return 1
+"""
+
 
 class NoMediaNode(Exception):
-    """No media process is alive to host a room."""
+    """No media process is alive to host a room (or, for a while after Redis lost its data,
+    none may take a room without a claim)."""
+
+
+class NodeIdInUse(ConfigurationError):
+    """Another running process is registered under this media node id: at start-up, this one
+    must not serve; later, this one lost its identity and stops hosting rooms."""
+
+    def __init__(self, node_id: str, *, holder: str, remaining_s: float) -> None:
+        super().__init__(
+            f"media node id {node_id!r} is registered by another running process "
+            f"(instance {holder})"
+        )
+        self.node_id = node_id
+        #: The instance token of the process holding the id.
+        self.holder = holder
+        #: How long that registration lasts unless renewed (seconds; negative: no expiry).
+        self.remaining_s = remaining_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +252,9 @@ class MediaNode:
     signalling_url: str
     #: How many rooms this node should take before others are preferred.
     capacity: int
+    #: Which process start this is: random per :class:`MediaNode` made (one per process start),
+    #: so that two processes under one ``node_id`` tell each other apart.
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +279,23 @@ def signalling_url_for(public_url: str) -> str:
 
 
 class MediaPlacement:
-    """The Redis-side agreement on rooms and media nodes (see the module docstring)."""
+    """The Redis-side agreement on rooms and media nodes (see the module docstring).
+
+    One per process: the nodes it registers are this process's, and its claims, releases and
+    deregistrations for them are made as their instance (for a node id it did not register,
+    as any instance).
+    """
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
         self._place = LuaScript(redis, _PLACE)
         self._claim = LuaScript(redis, _CLAIM)
-        self._renew = LuaScript(redis, _RENEW)
+        self._beat = LuaScript(redis, _BEAT)
         self._release = LuaScript(redis, _RELEASE)
+        self._deregister = LuaScript(redis, _DEREGISTER)
+        #: node id -> (instance, started at) of the nodes this process registered.
+        self._registered: dict[str, tuple[str, float]] = {}
 
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}media:node:{node_id}"
@@ -209,14 +311,24 @@ class MediaPlacement:
     def nodes_key(self) -> str:
         return f"{self.prefix}media:nodes"
 
+    @property
+    def settling_key(self) -> str:
+        """Present for a while after Redis lost its data (see the module docstring)."""
+        return f"{self.prefix}media:settling"
+
     # -- the web side -------------------------------------------------------------------------
 
     async def place(self, room_id: str) -> MediaNode:
         """The live node that hosts ``room_id`` or is now reserved for it; raises NoMediaNode."""
         node_id = await self._place(
-            keys=[self.room_key(room_id), self.nodes_key],
+            keys=[self.room_key(room_id), self.nodes_key, self.settling_key],
             args=[self.prefix, room_id, RESERVATION_TTL_S],
         )
+        if isinstance(node_id, list):
+            raise NoMediaNode(
+                f"media nodes are re-asserting their rooms after Redis lost its data "
+                f"({int(node_id[1]) / 1000:.1f} s to go)"
+            )
         if not node_id:
             raise NoMediaNode("no media process is running")
         node = await self.node(as_text(node_id))
@@ -253,152 +365,90 @@ class MediaPlacement:
     # -- the media side -----------------------------------------------------------------------
 
     async def register(self, node: MediaNode, *, hosting: int = 0) -> None:
-        """Announce ``node`` as alive for the next :data:`NODE_TTL_S` seconds."""
-        key = self.node_key(node.node_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "url": node.signalling_url,
-                    "capacity": node.capacity,
-                    "hosting": hosting,
-                },
-            )
-            pipe.hsetnx(key, "started_at", time.time())
-            pipe.expire(key, NODE_TTL_S)
-            pipe.sadd(self.nodes_key, node.node_id)
-            await pipe.execute()
+        """Announce ``node`` as alive for the next :data:`NODE_TTL_S` seconds; raises
+        :class:`NodeIdInUse`, writing nothing, while another instance's key holds its id."""
+        await self._run_beat(node, [], hosting=hosting, expected=False)
 
     async def claim(self, room_id: str, node_id: str) -> str | None:
         """Make ``node_id`` the room's host; returns the other live node holding it, if any
-        (``unregistered:<node_id>`` when ``node_id`` itself is not registered as alive)."""
+        (``unregistered:<node_id>`` when ``node_id`` itself is not registered as alive, or is
+        registered by another instance than the one this process registered)."""
         owner = await self._claim(
-            keys=[self.room_key(room_id)], args=[self.prefix, room_id, node_id, CLAIM_TTL_S]
+            keys=[self.room_key(room_id)],
+            args=[self.prefix, room_id, node_id, CLAIM_TTL_S, self._instance_of(node_id)],
         )
         return as_text(owner) if owner else None
 
-    async def heartbeat(self, node: MediaNode, hosted: Iterable[str]) -> list[str]:
-        """Renew the node and its hosted rooms' claims; returns the rooms another node took."""
+    async def heartbeat(
+        self, node: MediaNode, hosted: Iterable[str], *, expected: bool = False
+    ) -> list[str]:
+        """Re-register the node and renew (or, after Redis lost its data, re-assert) its hosted
+        rooms' claims, in one atomic step; returns the rooms another node took. ``expected``:
+        the node's key should still be there (renewed less than :data:`FENCE_AFTER_S` ago), so
+        finding it gone means Redis lost its data. Raises :class:`NodeIdInUse`, writing
+        nothing, when another instance's key holds the id: this process lost its identity."""
         rooms = list(hosted)
-        await self.register(node, hosting=len(rooms))
-        lost = await self._renew(
-            keys=[self.rooms_key(node.node_id)],
-            args=[self.prefix, node.node_id, CLAIM_TTL_S, *rooms],
+        return await self._run_beat(node, rooms, hosting=len(rooms), expected=expected)
+
+    async def _run_beat(
+        self, node: MediaNode, rooms: list[str], *, hosting: int, expected: bool
+    ) -> list[str]:
+        known = self._registered.get(node.node_id)
+        if known is None or known[0] != node.instance:
+            known = self._registered[node.node_id] = (node.instance, time.time())
+        reply = await self._beat(
+            keys=[
+                self.node_key(node.node_id),
+                self.nodes_key,
+                self.rooms_key(node.node_id),
+                self.settling_key,
+            ],
+            args=[
+                self.prefix,
+                node.node_id,
+                node.instance,
+                node.signalling_url,
+                node.capacity,
+                hosting,
+                known[1],
+                NODE_TTL_S,
+                CLAIM_TTL_S,
+                "1" if expected else "0",
+                SETTLE_S * 1000,
+                *rooms,
+            ],
         )
-        return [as_text(room) for room in lost]
+        if as_text(reply[0]) == "taken":
+            raise NodeIdInUse(
+                node.node_id, holder=as_text(reply[1]), remaining_s=int(reply[2]) / 1000
+            )
+        return [as_text(room) for room in reply[1:]]
+
+    def _instance_of(self, node_id: str) -> str:
+        known = self._registered.get(node_id)
+        return "" if known is None else known[0]
 
     async def release(self, room_id: str, node_id: str) -> None:
-        """``node_id`` no longer hosts ``room_id`` (ended, or empty for a while)."""
+        """``node_id`` no longer hosts ``room_id`` (ended, or empty for a while); nothing
+        happens while another instance than the one this process registered holds the id."""
         await self._release(
-            keys=[self.room_key(room_id), self.rooms_key(node_id)],
-            args=[room_id, node_id],
+            keys=[self.room_key(room_id), self.rooms_key(node_id), self.node_key(node_id)],
+            args=[room_id, node_id, self._instance_of(node_id)],
         )
 
     async def deregister(self, node_id: str, hosted: Iterable[str]) -> None:
-        """A clean shutdown: the node's rooms become vacant at once, not after the TTL."""
-        for room_id in hosted:
-            await self.release(room_id, node_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.node_key(node_id), self.rooms_key(node_id))
-            pipe.srem(self.nodes_key, node_id)
-            await pipe.execute()
-
-
-class NodeHeartbeat:
-    """Keeps one media node registered while it runs, and reports rooms it lost."""
-
-    def __init__(
-        self,
-        placement: MediaPlacement,
-        node: MediaNode,
-        *,
-        hosted: Callable[[], Iterable[str]],
-        on_lost: Callable[[str], Awaitable[None]],
-        interval_s: float = HEARTBEAT_S,
-        fence_after_s: float = FENCE_AFTER_S,
-    ) -> None:
-        self.placement = placement
-        self.node = node
-        self._hosted = hosted
-        self._on_lost = on_lost
-        self._interval_s = interval_s
-        self._fence_after_s = fence_after_s
-        self._task: asyncio.Task[None] | None = None
-        self._handing_over: set[asyncio.Future[None]] = set()
-        #: When the node's registration was last renewed (monotonic clock).
-        self.renewed_at = time.monotonic()
-
-    async def start(self) -> None:
-        """Register now (a node is placeable as soon as it serves) and renew in the background."""
-        await self.placement.register(self.node)
-        self.renewed_at = time.monotonic()
-        self._task = asyncio.create_task(self._run(), name=f"media-node-{self.node.node_id}")
-
-    async def stop(self) -> None:
-        """Stop renewing and deregister: this node's rooms are vacant at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.placement.deregister(self.node.node_id, list(self._hosted()))
-
-    async def beat(self, timeout_s: float | None = None) -> None:
-        """One renewal, within ``timeout_s`` (default: one interval); rooms another node has
-        taken over are handed to ``on_lost`` (each in its own task: the next beat must not
-        wait for them)."""
-        hosted = list(self._hosted())
-        started = time.monotonic()  # the TTL runs from no earlier than this
-        async with asyncio.timeout(timeout_s if timeout_s is not None else self._interval_s):
-            lost = await self.placement.heartbeat(self.node, hosted)
-            # A room let go while this beat was under way had its claim renewed: drop it again.
-            now_hosted = set(self._hosted())
-            for room_id in hosted:
-                if room_id not in now_hosted and room_id not in lost:
-                    await self.placement.release(room_id, self.node.node_id)
-        self.renewed_at = started
-        for room_id in lost:
-            log.error(
-                "room %s: another media node took it over; this node stops hosting it", room_id
-            )
-            self._spawn(self._on_lost(room_id))
-
-    def _until_fence(self) -> float:
-        return self.renewed_at + self._fence_after_s - time.monotonic()
-
-    def _bounded_by_fence(self, seconds: float) -> float:
-        remaining = self._until_fence()
-        return seconds if remaining <= 0 else min(seconds, remaining)
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._handing_over.add(task)
-        task.add_done_callback(self._handing_over.discard)
-
-    async def _run(self) -> None:
-        while True:
-            # Never sleep or wait past the fencing deadline (it must be checked in time), but
-            # once past it (fenced: Redis away), go at the normal pace.
-            await asyncio.sleep(self._bounded_by_fence(self._interval_s))
-            try:
-                await self.beat(timeout_s=max(0.1, self._bounded_by_fence(self._interval_s)))
-            except Exception:
-                # Redis unreachable or slow: try again; the TTLs give a few beats' slack.
-                log.exception("media node %s: heartbeat failed", self.node.node_id)
-            if self._until_fence() <= 0:
-                # By now the other processes may take this one for dead and place its rooms
-                # elsewhere: stop hosting them here rather than record any room twice.
-                hosted = list(self._hosted())
-                if hosted:
-                    log.error(
-                        "media node %s: not renewed for %.0f s; handing over %d room(s)",
-                        self.node.node_id,
-                        time.monotonic() - self.renewed_at,
-                        len(hosted),
-                    )
-                for room_id in hosted:
-                    self._spawn(self._on_lost(room_id))
+        """A clean shutdown: the node's rooms become vacant at once, not after the TTL (none
+        of it while another instance than the one this process registered holds the id)."""
+        await self._deregister(
+            keys=[self.node_key(node_id), self.rooms_key(node_id), self.nodes_key],
+            args=[self.prefix, node_id, self._instance_of(node_id), *hosted],
+        )
 
 
 def _node_from(node_id: str, info: dict[str, str]) -> MediaNode:
-    return MediaNode(node_id=node_id, signalling_url=info["url"], capacity=int(info["capacity"]))
+    return MediaNode(
+        node_id=node_id,
+        signalling_url=info["url"],
+        capacity=int(info["capacity"]),
+        instance=info.get("instance", ""),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ async def running_jiefen(
     **overrides: Any,
 ) -> AsyncIterator[RunningJiefen]:
     fake, fake_url, fake_runner = await start_fake_wechat_api(FakeWeChatAPI(appid=DEV_WECHAT_APPID))
+    # Each app is its own process as far as placement knows: the default id (hostname:port,
+    # and the settings' port is not the one bound here) would make two of them one node, which
+    # a second start under a live node's id refuses.
+    overrides.setdefault("media_node_id", f"test-{uuid.uuid4().hex[:8]}")
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,

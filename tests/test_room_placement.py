@@ -14,10 +14,14 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
+from mediation_rooms.node_heartbeat import NodeHeartbeat
 from mediation_rooms.placement import (
+    CLAIM_TTL_S,
+    NODE_TTL_S,
+    SETTLE_S,
     MediaNode,
     MediaPlacement,
-    NodeHeartbeat,
+    NodeIdInUse,
     NoMediaNode,
     signalling_url_for,
 )
@@ -50,6 +54,27 @@ async def until(condition: Callable[[], bool], wait_s: float = 2.0) -> None:
 async def kill(placement: MediaPlacement, node: MediaNode) -> None:
     """What a SIGKILL looks like from Redis once the TTL has run out: the node's key is gone."""
     await placement.redis.delete(placement.node_key(node.node_id))
+
+
+def another_process(placement: MediaPlacement) -> MediaPlacement:
+    """The placement of another process on the same Redis (real, or the same stand-in)."""
+    return MediaPlacement(placement.redis, prefix=placement.prefix)
+
+
+def twin_of(node: MediaNode) -> MediaNode:
+    """Another process started under the same node id (a container with a fixed hostname)."""
+    return MediaNode(node.node_id, "ws://10.0.0.9:8091/rooms/ws", capacity=node.capacity)
+
+
+async def lose_redis_data(placement: MediaPlacement) -> None:
+    """Redis restarted without persistence: every key is gone."""
+    keys = [key async for key in placement.redis.scan_iter(match=f"{placement.prefix}*")]
+    if keys:
+        await placement.redis.delete(*keys)
+
+
+async def never_lost(room_id: str) -> None:
+    raise AssertionError(f"{room_id} was handed over")
 
 
 async def test_no_live_node_means_no_placement(placement: MediaPlacement) -> None:
@@ -198,3 +223,184 @@ def test_signalling_urls_follow_the_public_urls_scheme() -> None:
     assert signalling_url_for("http://127.0.0.1:8091") == "ws://127.0.0.1:8091/rooms/ws"
     assert signalling_url_for("https://x.cn/m2") == "wss://x.cn/m2/rooms/ws"
     assert signalling_url_for("") == "/rooms/ws"  # the join page's own origin
+
+
+async def test_a_second_process_under_a_live_nodes_id_is_refused_and_changes_nothing(
+    placement: MediaPlacement,
+) -> None:
+    await placement.register(NODE_A)
+    assert await placement.claim("room-1", "a") is None
+    twin, other = twin_of(NODE_A), another_process(placement)
+    assert twin.instance != NODE_A.instance
+
+    with pytest.raises(NodeIdInUse) as refused:
+        await other.register(twin)
+    assert refused.value.node_id == "a" and refused.value.holder == NODE_A.instance
+    assert 0 < refused.value.remaining_s <= NODE_TTL_S
+    with pytest.raises(NodeIdInUse):
+        await other.heartbeat(twin, ["room-1"])
+    # Whatever the twin tries, the first process keeps its registration, rooms and load.
+    assert await other.claim("room-2", "a") == "unregistered:a"
+    await other.release("room-1", "a")
+    await other.deregister("a", ["room-1"])
+    assert await placement.node("a") == NODE_A
+    assert await placement.redis.get(placement.room_key("room-1")) in (b"a", "a")
+    assert await placement.redis.get(placement.room_key("room-2")) is None
+    assert await placement.redis.smembers(placement.rooms_key("a")) in ({b"room-1"}, {"room-1"})
+    assert [status.node for status in await placement.nodes()] == [NODE_A]
+    assert await placement.claim("room-1", "a") is None  # still the first process's room
+
+
+async def test_a_restarted_process_takes_its_id_over_once_the_old_registration_runs_out(
+    placement: MediaPlacement,
+) -> None:
+    """kill -9 and an immediate restart: the old key is still there for up to NODE_TTL_S, but
+    nobody renews it; the new process waits for it, then hosts the rooms still claimed under
+    its id (they are placed on it, and it may claim them)."""
+    before = another_process(placement)
+    await before.register(twin_of(NODE_A))
+    assert await before.claim("room-1", "a") is None
+    await placement.redis.pexpire(placement.node_key("a"), 400)  # killed ~9.6 s ago
+
+    heartbeat = NodeHeartbeat(placement, NODE_A, hosted=list, on_lost=never_lost)
+    started = time.monotonic()
+    await heartbeat.start()
+    try:
+        assert 0.3 < time.monotonic() - started < 3
+        assert await placement.node("a") == NODE_A
+        assert (await placement.place("room-1")).node_id == "a"
+        assert await placement.claim("room-1", "a") is None
+    finally:
+        await heartbeat.stop()
+    assert await placement.node("a") is None
+
+
+async def test_a_process_starting_under_a_running_processs_id_refuses_to_start(
+    placement: MediaPlacement,
+) -> None:
+    twin, other = twin_of(NODE_A), another_process(placement)
+    running = NodeHeartbeat(
+        other, twin, hosted=lambda: ["room-1"], on_lost=never_lost, interval_s=0.2
+    )
+    await running.start()
+    assert await other.claim("room-1", "a") is None
+    starting = NodeHeartbeat(placement, NODE_A, hosted=list, on_lost=never_lost)
+    try:
+        started = time.monotonic()
+        with pytest.raises(NodeIdInUse):
+            await starting.start()
+        # Told apart from a stopped process's key by the renewals, long before that key's TTL.
+        assert time.monotonic() - started < NODE_TTL_S / 2
+        await starting.stop()  # it registered nothing, so it deregisters nothing
+        assert await placement.node("a") == twin
+        assert (await placement.place("room-1")).signalling_url == twin.signalling_url
+    finally:
+        await running.stop()
+
+
+async def test_a_process_whose_id_another_took_hands_its_rooms_over_at_once(
+    placement: MediaPlacement,
+) -> None:
+    """This process stalled long enough to be taken for dead, and another one started under the
+    same id meanwhile: its next beat writes nothing and it stops hosting everything, without
+    waiting for the fencing deadline, and without touching what the other one holds."""
+    await placement.register(NODE_B)
+    handed_over: list[str] = []
+
+    async def on_lost(room_id: str) -> None:
+        handed_over.append(room_id)
+
+    hosted = ["room-1", "room-2"]
+    heartbeat = NodeHeartbeat(
+        placement,
+        NODE_A,
+        hosted=lambda: [room for room in hosted if room not in handed_over],
+        on_lost=on_lost,
+        interval_s=0.05,
+        fence_after_s=30,
+    )
+    await heartbeat.start()
+    try:
+        for room in hosted:
+            assert await placement.claim(room, "a") is None
+        await asyncio.sleep(0.15)
+        assert handed_over == []
+        twin, other = twin_of(NODE_A), another_process(placement)
+        # a's key ran out and the twin registered, in one step (a's beats run meanwhile).
+        await placement.redis.hset(
+            placement.node_key("a"),
+            mapping={"instance": twin.instance, "url": twin.signalling_url},
+        )
+        await other.register(twin)
+        assert await other.claim("room-1", "a") is None  # the twin hosts room-1 now
+        await until(lambda: sorted(handed_over) == hosted)
+        assert heartbeat.identity_lost
+        # The beats overwrote nothing, and what this process does now changes nothing.
+        assert await placement.node("a") == twin
+        assert await placement.claim("room-3", "a") == "unregistered:a"
+        await placement.release("room-1", "a")
+        assert await placement.redis.get(placement.room_key("room-1")) in (b"a", "a")
+    finally:
+        await heartbeat.stop()
+    assert await placement.node("a") == twin  # nor does its shutdown
+    assert (await placement.place("room-1")).node_id == "a"
+
+
+async def test_one_beat_after_redis_lost_its_data_restores_the_node_and_its_claims(
+    placement: MediaPlacement,
+) -> None:
+    # Beats are made by hand here, in a chosen order: no background renewals.
+    heartbeat_a = NodeHeartbeat(placement, NODE_A, hosted=lambda: ["room-1"], on_lost=never_lost)
+    heartbeat_b = NodeHeartbeat(placement, NODE_B, hosted=lambda: ["room-2"], on_lost=never_lost)
+    await placement.register(NODE_A)
+    await placement.register(NODE_B)
+    assert await placement.claim("room-1", "a") is None
+    assert await placement.claim("room-2", "b") is None
+    await heartbeat_a.beat()
+    await heartbeat_b.beat()
+    assert await placement.redis.exists(placement.settling_key) == 0  # nothing was lost
+    await lose_redis_data(placement)
+    with pytest.raises(NoMediaNode):
+        await placement.place("room-1")  # nobody registered yet: nothing placed
+
+    # b beats first and finds its own key gone: Redis lost its data. a's room has no claim
+    # now, but a has not beaten yet: the room must not move to b meanwhile.
+    await heartbeat_b.beat()
+    assert (await placement.place("room-2")).node_id == "b"
+    with pytest.raises(NoMediaNode, match="Redis lost its data"):
+        await placement.place("room-1")
+    with pytest.raises(NoMediaNode):
+        await placement.place("room-new")  # the cost: no claim, nothing placed for now
+    settling = await placement.redis.pttl(placement.settling_key)
+    assert 0 < settling <= SETTLE_S * 1000
+
+    # a's single beat restores its registration, its place among the nodes, and its claim.
+    await heartbeat_a.beat()
+    assert await placement.node("a") == NODE_A
+    assert 0 < await placement.redis.ttl(placement.node_key("a")) <= NODE_TTL_S
+    assert await placement.redis.smembers(placement.nodes_key) in ({b"a", b"b"}, {"a", "b"})
+    assert await placement.redis.get(placement.room_key("room-1")) in (b"a", "a")
+    assert 0 < await placement.redis.ttl(placement.room_key("room-1")) <= CLAIM_TTL_S
+    assert await placement.redis.smembers(placement.rooms_key("a")) in ({b"room-1"}, {"room-1"})
+    assert (await placement.place("room-1")).node_id == "a"
+    assert await placement.claim("room-1", "b") == "a"
+
+    await placement.redis.pexpire(placement.settling_key, 1)  # SETTLE_S later
+    await asyncio.sleep(0.01)
+    assert (await placement.place("room-new")).node_id in {"a", "b"}
+
+
+async def test_only_a_key_lost_within_the_fence_holds_placement_up(
+    placement: MediaPlacement,
+) -> None:
+    """A fresh registration, or a node back after it was taken for dead (it has fenced: it
+    hosts nothing), does not mean Redis lost its data."""
+    await placement.register(NODE_A)
+    assert (await placement.place("room-1")).node_id == "a"
+    await placement.register(NODE_B)
+    heartbeat = NodeHeartbeat(placement, NODE_B, hosted=list, on_lost=never_lost, fence_after_s=0.2)
+    await kill(placement, NODE_B)
+    await asyncio.sleep(0.3)  # past its fence: its key ran out, as it should
+    await heartbeat.beat()
+    assert await placement.redis.exists(placement.settling_key) == 0
+    assert (await placement.place("room-2")).node_id == "b"
