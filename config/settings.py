@@ -97,9 +97,11 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_self_signed: bool = False
-    #: PEM file of the platform's Ed25519 private key that signs recording manifests; unset
-    #: means ``data_dir/keys/signing-ed25519.pem``, created on first use. Courts verify with
-    #: its public half (``jiefen room signing-key``).
+    #: PEM file (mode 0600 or stricter) of the platform's Ed25519 private key that signs
+    #: recording manifests. Required outside the embedded mode (see :attr:`embedded`): every
+    #: host must sign with the one key whose public half the courts hold. Unset in the embedded
+    #: mode means ``data_dir/keys/signing-ed25519.pem``, created on first use. Courts verify
+    #: with its public half (``jiefen room signing-key``).
     signing_key_file: Path | None = None
     #: Font for the court copy's overlay; unset tries the usual Chinese fonts, then a built-in
     #: Latin one (seat labels then appear in English).
@@ -180,6 +182,22 @@ class Settings(BaseSettings):
     def resolved_public_url(self) -> str:
         scheme = "https" if self.serves_https else "http"
         return self.public_url or f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this process is Jiefen on its embedded defaults: one ``jiefen serve`` doing
+        everything (role ``all``, the default), with whatever it needs made on first use under
+        ``data_dir``.
+
+        The production deployment (DESIGN.md, README) is told apart by role, not by the Redis
+        URL: it splits into ``web``, ``media`` and ``worker`` processes on several hosts, so
+        anything that must be the same everywhere (the signing key) has to be configured, not
+        made per host. Several ``--role all`` processes sharing one Redis on one machine (the
+        webhook benchmark) share their ``data_dir`` and stay embedded. A command run from a
+        shell (``jiefen room finalise``) has role ``all`` unless ``JIEFEN_ROLE`` says otherwise;
+        such commands also treat a shared Redis as a deployment (``state.signing_key``).
+        """
+        return self.role == "all"
 
     @property
     def serves_web(self) -> bool:

@@ -108,15 +108,17 @@ def media_config(settings: Settings) -> MediaConfig:
 
 
 def recording_finaliser(
-    settings: Settings, *, db: AsyncEngine, redis: aioredis.Redis
+    settings: Settings, *, db: AsyncEngine, redis: aioredis.Redis, seals: bool = True
 ) -> RecordingFinaliser:
-    """The recording finaliser with the platform's signing key (created on first use)."""
+    """The recording finaliser; with ``seals``, holding the platform's signing key (made on first
+    use in embedded mode, else ``JIEFEN_SIGNING_KEY_FILE``). A process that runs no jobs (a
+    ``web`` or ``media`` process) only reads the progress and never holds the private key."""
     return RecordingFinaliser(
         db=db,
         redis=redis,
         redis_prefix=settings.redis_prefix,
         recordings_dir=settings.recordings_dir,
-        signing_key=load_or_create_signing_key(settings),
+        signing_key=load_or_create_signing_key(settings) if seals else None,
         font_file=settings.court_copy_font_file,
         fps=settings.court_copy_fps,
     )
@@ -261,7 +263,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                     "JIEFEN_MEDIA_NODE_ID (unset, it is <hostname>:<port>)"
                 ) from error
             log.info("media node %s serves rooms at %s", node.node_id, node.signalling_url)
-        finaliser = recording_finaliser(settings, db=db, redis=redis)
+        finaliser = recording_finaliser(
+            settings, db=db, redis=redis, seals=settings.embedded_worker
+        )
         background.register(
             JOB_FINALISE_RECORDING,
             lambda job: finaliser.run_job(job, jobs),

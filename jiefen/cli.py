@@ -28,7 +28,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Alembic narrates every plugin it loads at INFO; its warnings and errors still show.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     handler = args.handler
-    return int(handler(settings, args))
+    from jiefen.errors import ConfigurationError
+
+    try:
+        return int(handler(settings, args))
+    except ConfigurationError as error:
+        # A setting to fix, not a bug: one line that says which, not a traceback.
+        print(f"jiefen {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,12 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     room_open.set_defaults(handler=_room_open)
     room_finalise = room_commands.add_parser(
         "finalise",
-        help="finalise an ended room's recording now: court copy, signed manifest, archive",
+        help="finalise an ended room's recording now (seal, court copy, archive), or render "
+        "the missing court copy of an archived one",
     )
     room_finalise.add_argument("room_id")
     room_finalise.set_defaults(handler=_room_finalise)
     room_verify = room_commands.add_parser(
-        "verify", help="check a recording directory against its signed manifest"
+        "verify",
+        help="check a recording directory against its signed manifest and court copy record",
     )
     room_verify.add_argument("directory", help="e.g. var/recordings/rm0123456789abcdef")
     room_verify.add_argument(
@@ -277,15 +286,23 @@ def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
 def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.app import recording_finaliser
-    from jiefen.errors import PermanentJobError
+    from jiefen.errors import ConfigurationError, PermanentJobError
     from mediation_rooms.finalise import RenderFailed
     from state.db import create_engine, migrate
     from state.redis_connection import connect_redis
+    from state.signing_key import command_is_embedded, signing_key_path
+
+    try:
+        # Before anything is opened: outside the embedded mode only the configured key signs.
+        signing_key_path(settings, embedded=command_is_embedded(settings))
+    except ConfigurationError as error:
+        print(f"cannot finalise: {error}", file=sys.stderr)
+        return 2
 
     def show(stage: str, fraction: float) -> None:
         width = 30
         filled = int(width * fraction)
-        label = {"rendering": "rendering the court copy", "sealing": "signing the manifest"}
+        label = {"rendering": "rendering the court copy", "sealing": "sealing the recording"}
         sys.stderr.write(
             f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} "
             f"{label.get(stage, stage):<26}"
@@ -297,10 +314,10 @@ def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
         engine = create_engine(settings.resolved_database_url)
         redis = connect_redis(settings)
         try:
-            finaliser = recording_finaliser(settings, db=engine, redis=redis)
             try:
-                done = await finaliser.finalise(args.room_id, on_progress=show)
-            except (PermanentJobError, RenderFailed) as error:
+                finaliser = recording_finaliser(settings, db=engine, redis=redis)
+                done = await finaliser.finalise(args.room_id, on_progress=show, by_hand=True)
+            except (ConfigurationError, PermanentJobError, RenderFailed) as error:
                 print(f"\ncannot finalise: {error}", file=sys.stderr)
                 return 1
         finally:
@@ -311,7 +328,10 @@ def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{args.room_id} was finalised before; nothing to do")
         print(f"recording : {done.directory}")
         print(f"files     : {len(done.manifest['files'])} listed in manifest.json (signed)")
-        print(f"court copy: {done.court_copy or 'none (nothing was recorded)'}")
+        if done.court_copy is not None:
+            print(f"court copy: {done.court_copy} (recorded in court-copy.json, signed)")
+        else:
+            print(f"court copy: {done.court_copy_missing or 'none (nothing was recorded)'}")
         return 0
 
     return asyncio.run(finalise())
@@ -320,9 +340,11 @@ def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
 def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from jiefen.errors import ConfigurationError
     from mediation_rooms.manifest import verify_recording
     from state.signing_key import (
-        load_or_create_signing_key,
+        command_is_embedded,
+        load_signing_key,
         public_key_from_pem,
         signing_key_path,
     )
@@ -333,11 +355,16 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             print(f"cannot read the public key {args.public_key}: {error}", file=sys.stderr)
             return 2
-    elif signing_key_path(settings).exists():
-        public_key = load_or_create_signing_key(settings).public_key
     else:
-        print("no signing key on this machine: pass --public-key PEM", file=sys.stderr)
-        return 2
+        try:
+            path = signing_key_path(settings, embedded=command_is_embedded(settings))
+            if not path.exists():
+                print("no signing key on this machine: pass --public-key PEM", file=sys.stderr)
+                return 2
+            public_key = load_signing_key(path).public_key
+        except ConfigurationError as error:
+            print(f"{error}\n(or pass --public-key PEM)", file=sys.stderr)
+            return 2
     directory = Path(args.directory)
     # Room directories are named by their room: a manifest of another room does not pass.
     room_id = directory.resolve().name if directory.resolve().name.startswith("rm") else None
@@ -348,6 +375,16 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
             f"OK: signature valid; {result.checked_files} files match their digests "
             f"(case {result.manifest['case_no']}, session {result.manifest['session_no']})"
         )
+        if result.court_copy is not None:
+            print(
+                f"court copy {result.court_copy['file']['name']}: its signed record holds and "
+                "names this manifest"
+            )
+        elif result.court_copy_missing:
+            print(
+                "court copy: not rendered yet (the evidence above is sealed); "
+                f"render it with `jiefen room finalise {result.manifest['room_id']}`"
+            )
         return 0
     print("NOT VERIFIED:", file=sys.stderr)
     for problem in result.problems:
@@ -356,9 +393,14 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _room_signing_key(settings: Settings, args: argparse.Namespace) -> int:
-    from state.signing_key import load_or_create_signing_key
+    from jiefen.errors import ConfigurationError
+    from state.signing_key import command_is_embedded, load_or_create_signing_key
 
-    key = load_or_create_signing_key(settings)
+    try:
+        key = load_or_create_signing_key(settings, embedded=command_is_embedded(settings))
+    except ConfigurationError as error:
+        print(error, file=sys.stderr)
+        return 2
     print(key.public_pem(), end="")
     print(f"key id: {key.key_id}", file=sys.stderr)
     return 0
@@ -376,6 +418,7 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
     from state.personal_data import PersonalDataProtector, load_or_create_data_key
     from state.redis_connection import connect_redis
     from state.room_store import UnknownCase
+    from state.signing_key import command_is_embedded
 
     now = datetime.now(UTC)
     try:
@@ -398,7 +441,7 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
     async def open_room() -> int:
         engine = create_engine(settings.resolved_database_url)
         redis = connect_redis(settings)
-        key = load_or_create_data_key(settings)
+        key = load_or_create_data_key(settings, embedded=command_is_embedded(settings))
         try:
             service = RoomService.from_settings(
                 settings,

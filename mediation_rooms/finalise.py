@@ -1,18 +1,30 @@
-"""Finalising a recording once its room has ended: court copy, digests, signed manifest, archive.
+"""Finalising a recording once its room has ended: seal the evidence, render, archive.
 
 ``RecordingFinaliser.finalise(room_id)`` is the whole job, and it is idempotent (the job queue
 delivers at least once):
 
 1. the room must be ``ended`` (an ``archived`` room with a manifest is already done);
-2. the court copy (``court_copy.py``) is rendered in a child process at low priority, its
-   progress kept in Redis (``room:<id>:finalise``) for the API and the console, the job's lease
-   renewed as it goes;
-3. every file of the directory is digested and listed with the case, room, participants and
-   timeline in a manifest signed with the platform's Ed25519 key (``manifest.py``);
+2. **seal**: every file of the directory is digested and listed with the case, room,
+   participants and timeline in a manifest signed with the platform's Ed25519 key
+   (``manifest.py``), before anything else: the evidence is protected from the first minute,
+   whatever happens to the render. A signed manifest is never rewritten: a retry finds it,
+   checks its signature and goes on;
+3. **render**: the court copy (``court_copy.py``) is rendered from the sealed files in a child
+   process at low priority (``court_copy_renderer.py``), its progress kept in Redis
+   (``room:<id>:finalise``) for the API and the console, the job's lease renewed as it goes;
+   then recorded in its own signed document (``court-copy.json``) naming the manifest it was
+   derived from;
 4. the room moves to ``archived``.
 
-The room hub enqueues the job (:func:`enqueue_finalisation`) when the mediator ends a room;
-``jiefen room finalise ROOM_ID`` runs it by hand with a progress bar.
+A render that cannot be done does not keep the evidence from the archive. It is tried by at
+most :data:`RENDER_ATTEMPTS` runs of the job (counted in Redis when each starts, so runs whose
+worker died count too); a render that fails on the last of them, or runs past
+:data:`RENDER_LIMIT_S` (it would again), or whose inputs no longer match the seal, leaves the
+room archived without its court copy: the finalise status says ``"court_copy": "missing"`` and
+why, and an error is logged. ``jiefen room finalise ROOM_ID`` (``by_hand``) renders it later,
+with a progress bar; on a complete room it does nothing.
+
+The room hub enqueues the job (:func:`enqueue_finalisation`) when the mediator ends a room.
 """
 
 from __future__ import annotations
@@ -21,9 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,18 +43,31 @@ from typing import Any
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jiefen.errors import JiefenError, PermanentJobError
-from mediation_rooms.court_copy import CourtCopySpec, recorded_files, seat_rank
+from jiefen.errors import ConfigurationError, JiefenError, PermanentJobError
+from mediation_rooms.court_copy import seat_rank
+from mediation_rooms.court_copy_renderer import (
+    RENDERER,
+    court_copy_spec,
+    render_facts,
+    render_in_child,
+)
+from mediation_rooms.court_copy_renderer import RenderFailed as RenderFailed
 from mediation_rooms.manifest import (
+    COURT_COPY_NAME,
+    COURT_COPY_RECORD_NAME,
+    LEGACY_MANIFEST_FORMAT,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     TIMELINE_NAME,
-    MediaSummary,
+    SealBroken,
+    changed_files,
+    court_copy_record,
+    evidence_files,
+    expects_court_copy,
     file_entry,
-    listed_files,
     read_timeline,
-    summarise_media,
-    verify_recording,
+    sealed_manifest,
+    write_signed_court_copy_record,
     write_signed_manifest,
 )
 from mediation_rooms.room import RoomLifecycle, RoomState
@@ -57,20 +79,20 @@ from state.signing_key import SigningKey
 log = logging.getLogger(__name__)
 
 JOB_FINALISE_RECORDING = "recording.finalise"
-COURT_COPY_NAME = "court-copy.mp4"
 #: Progress is kept this long after the job (seconds), for whoever looks at the room.
 PROGRESS_TTL_S = 7 * 24 * 3600
 #: Renew the job's lease this often while finalising (well inside the queue's lease).
 KEEP_ALIVE_EVERY_S = 5.0
 #: A job that runs this long is stopped (its lease renewals end and another worker retries).
 MAX_RUNTIME_S = 6 * 3600
+#: One render may run this long: less than the job's limit, so that the job is still there to
+#: archive the room without its court copy when the render runs out of time.
+RENDER_LIMIT_S = MAX_RUNTIME_S - 30 * 60
+#: Runs of the job that may start the render; a later run archives without the court copy.
+#: Below the worker's ``RetryPolicy.max_attempts`` (8), which would bury the job.
+RENDER_ATTEMPTS = 3
 
 ProgressCallback = Callable[[str, float], None]
-
-
-class RenderFailed(JiefenError):
-    """The court copy could not be rendered (carries the renderer's last error output), or
-    its inputs are not there yet: worth retrying."""
 
 
 class LeaseLost(JiefenError):
@@ -126,9 +148,12 @@ class Finalised:
     room_id: str
     directory: Path
     manifest: dict[str, Any]
+    #: The court copy, when there is one recorded (its signed record, or a legacy manifest).
     court_copy: Path | None
     #: False when the room had been finalised before and nothing was done now.
     done_now: bool
+    #: Why the court copy of a recorded session is missing (the room is archived without it).
+    court_copy_missing: str | None = None
 
 
 class RecordingFinaliser:
@@ -141,9 +166,11 @@ class RecordingFinaliser:
         redis: aioredis.Redis,
         redis_prefix: str,
         recordings_dir: Path,
-        signing_key: SigningKey,
+        signing_key: SigningKey | None,
         font_file: Path | None = None,
         fps: int = 25,
+        renderer: tuple[str, ...] = RENDERER,
+        render_limit_s: float = RENDER_LIMIT_S,
     ) -> None:
         self._db = db
         self._redis = redis
@@ -152,12 +179,31 @@ class RecordingFinaliser:
         self._key = signing_key
         self._font_file = font_file
         self._fps = fps
+        self._renderer = renderer
+        self._render_limit_s = render_limit_s
+
+    @property
+    def _signing_key(self) -> SigningKey:
+        """The key that seals; a process built without one (it runs no jobs: a ``web`` or
+        ``media`` process only reads progress) refuses to seal."""
+        if self._key is None:
+            raise ConfigurationError(
+                "this process runs no finalisation jobs and has no signing key: run them in "
+                "`jiefen worker` or `jiefen room finalise`, with JIEFEN_SIGNING_KEY_FILE set"
+            )
+        return self._key
 
     def progress_key(self, room_id: str) -> str:
         return f"{self._prefix}room:{room_id}:finalise"
 
+    def renders_key(self, room_id: str) -> str:
+        """How many runs of the job started the room's render (see the module docstring)."""
+        return f"{self._prefix}room:{room_id}:finalise:renders"
+
     async def progress(self, room_id: str) -> dict[str, Any] | None:
-        """``{"stage": …, "fraction": 0…1, "updated_at": epoch s}`` or ``None`` (not started)."""
+        """``{"stage": …, "fraction": 0…1, "updated_at": epoch s}`` or ``None`` (not started).
+        Once ``archived``, also ``files`` (sealed) and ``court_copy``: ``"rendered"``, ``"none"``
+        (nothing was recorded) or ``"missing"``, with the reason in ``court_copy_error``."""
         raw = await self._redis.get(self.progress_key(room_id))
         return json.loads(raw) if raw else None
 
@@ -210,9 +256,17 @@ class RecordingFinaliser:
         *,
         keep_alive: Callable[[], Awaitable[bool]] | None = None,
         on_progress: ProgressCallback | None = None,
+        by_hand: bool = False,
     ) -> Finalised:
-        """Finalise ``room_id`` (see the module docstring). Raises ``PermanentJobError`` for an
-        unknown room or one that has not ended, ``RenderFailed`` when rendering fails."""
+        """Finalise ``room_id`` (see the module docstring).
+
+        Raises ``PermanentJobError`` for an unknown room, one that has not ended, or one whose
+        ``manifest.json`` does not verify with this key (it is never replaced: an operator must
+        look); ``RenderFailed`` when the recording is not on this host yet, or when a render
+        failed that is worth another run of the job. ``by_hand`` is an operator's run
+        (``jiefen room finalise``): it also renders the missing court copy of an archived room,
+        does not count or limit attempts, and raises ``RenderFailed`` for any failed render.
+        """
         record = await room_store.get_room(self._db, room_id)
         if record is None:
             raise PermanentJobError(f"no room {room_id}")
@@ -220,16 +274,48 @@ class RecordingFinaliser:
         state = RoomState(record.state)
         if state is RoomState.ARCHIVED and (directory / MANIFEST_NAME).exists():
             manifest = json.loads((directory / MANIFEST_NAME).read_bytes())
-            existing = directory / COURT_COPY_NAME
-            return Finalised(
-                room_id, directory, manifest, existing if existing.exists() else None, False
-            )
-        if state is not RoomState.ENDED:
+            existing = _recorded_court_copy(directory, manifest)
+            if not by_hand or existing is not None or not expects_court_copy(manifest):
+                return Finalised(room_id, directory, manifest, existing, False)
+        elif state is not RoomState.ENDED:
             raise PermanentJobError(f"room {room_id} is {state.value}, not ended")
-        if record.live_at is not None and not (directory / TIMELINE_NAME).exists():
+        elif record.live_at is not None and not (directory / TIMELINE_NAME).exists():
             # It went live, so its recording exists somewhere: not (yet) on this host's storage.
             raise RenderFailed(f"the recording of {room_id} is not in {self._recordings_dir}")
         directory.mkdir(parents=True, exist_ok=True)
+        progress = self._progress_to(room_id, on_progress)
+
+        # 1. Seal the evidence, once: a manifest already signed (by an earlier run, which then
+        # stopped) is checked and kept, byte for byte.
+        sealed_before = (directory / MANIFEST_NAME).exists()
+        if sealed_before:
+            manifest_data = await self._sealed(room_id, directory)
+        else:
+            manifest_data = await self._seal(record, directory, progress, keep_alive)
+        manifest = json.loads(manifest_data)
+
+        # 2. Render the court copy from the sealed files, unless it is recorded already.
+        court_copy = _recorded_court_copy(directory, manifest)
+        missing: str | None = None
+        if court_copy is None and expects_court_copy(manifest):
+            court_copy, missing = await self._court_copy(
+                record,
+                directory,
+                manifest_data,
+                progress,
+                keep_alive,
+                check_inputs=sealed_before,
+                by_hand=by_hand,
+            )
+
+        # 3. Archive, with or without the court copy: the evidence is sealed either way.
+        await self._archive(room_id, state, manifest, court_copy, missing, on_progress)
+        return Finalised(room_id, directory, manifest, court_copy, True, missing)
+
+    def _progress_to(
+        self, room_id: str, on_progress: ProgressCallback | None
+    ) -> Callable[[str, float], Awaitable[None]]:
+        """Report progress to ``on_progress`` and to Redis (best effort: it is for people)."""
 
         async def progress(stage: str, fraction: float) -> None:
             if on_progress is not None:
@@ -239,120 +325,170 @@ class RecordingFinaliser:
             except Exception:  # progress is for people watching; the work goes on
                 log.warning("room %s: could not store finalisation progress", room_id)
 
-        # A previous attempt sealed it and stopped before archiving: archive what it sealed.
-        if (directory / MANIFEST_NAME).exists():
-            sealed = await asyncio.to_thread(
-                verify_recording, directory, self._key.public_key, room_id
-            )
-            if sealed.ok and sealed.manifest is not None:
-                await self._archive(room_id, state, len(sealed.manifest["files"]), on_progress)
-                existing = directory / COURT_COPY_NAME
-                return Finalised(
-                    room_id,
-                    directory,
-                    sealed.manifest,
-                    existing if existing.exists() else None,
-                    True,
-                )
+        return progress
 
-        await progress("rendering", 0.0)
+    async def _sealed(self, room_id: str, directory: Path) -> bytes:
+        """The signed bytes of the room's existing manifest, checked against this key."""
+        try:
+            return await asyncio.to_thread(
+                sealed_manifest, directory, self._signing_key.public_key, room_id
+            )
+        except SealBroken as error:
+            raise PermanentJobError(
+                f"room {room_id}: {MANIFEST_NAME} is there but does not verify ({error}); "
+                "a signed manifest is never replaced: look at it (jiefen room verify)"
+            ) from error
+
+    async def _seal(
+        self,
+        record: RoomRecord,
+        directory: Path,
+        progress: Callable[[str, float], Awaitable[None]],
+        keep_alive: Callable[[], Awaitable[bool]] | None,
+    ) -> bytes:
+        """Digest the evidence and sign its manifest; the signed bytes."""
+        await progress("sealing", 0.0)
         timeline = await asyncio.to_thread(read_timeline, directory / TIMELINE_NAME)
         live_since = _live_since(record, timeline)
-        court_copy: Path | None = None
-        media = await asyncio.to_thread(recorded_files, directory)
-        if media and live_since is not None:
-            # Only the timestamps here (demuxing): the files are digested once, when sealing.
-            summaries = await asyncio.to_thread(lambda: [summarise_media(f.path) for f in media])
-            spec = CourtCopySpec(
-                directory=directory,
-                output=directory / COURT_COPY_NAME,
-                case_no=record.case_no,
-                live_since=live_since,
-                duration_ms=_duration_ms(summaries, timeline),
-                fps=self._fps,
-                font_file=self._font_file,
-            )
-            await self._render(spec, progress)
-            court_copy = spec.output
-
-        await progress("sealing", 1.0)
         entries = await asyncio.to_thread(
-            lambda: [file_entry(path) for path in listed_files(directory)]
+            lambda: [file_entry(path) for path in evidence_files(directory)]
         )
-        manifest = _manifest(record, live_since, timeline, entries, court_copy, self._key)
+        manifest = _manifest(record, live_since, timeline, entries, self._signing_key)
         if keep_alive is not None and not await keep_alive():
-            raise LeaseLost(room_id)
-        await asyncio.to_thread(write_signed_manifest, directory, manifest, self._key)
+            raise LeaseLost(record.room_id)
+        data = await asyncio.to_thread(
+            write_signed_manifest, directory, manifest, self._signing_key
+        )
+        log.info("room %s: recording sealed (%d files)", record.room_id, len(entries))
+        return data
 
-        await self._archive(room_id, state, len(entries), on_progress)
-        log.info("room %s: recording finalised (%d files)", room_id, len(entries))
-        return Finalised(room_id, directory, manifest, court_copy, True)
+    async def _court_copy(
+        self,
+        record: RoomRecord,
+        directory: Path,
+        manifest_data: bytes,
+        progress: Callable[[str, float], Awaitable[None]],
+        keep_alive: Callable[[], Awaitable[bool]] | None,
+        *,
+        check_inputs: bool,
+        by_hand: bool,
+    ) -> tuple[Path | None, str | None]:
+        """(the court copy, None) once rendered and recorded; (None, why) when this run gives
+        up on it and the room is to be archived without it. ``RenderFailed`` when a failed
+        render is worth another run (always, ``by_hand``)."""
+        renders = 0
+        if not by_hand:
+            renders = await self._count_render(record.room_id)
+            if renders > RENDER_ATTEMPTS:
+                return None, (
+                    f"{RENDER_ATTEMPTS} runs of the job started the render and none finished it "
+                    "(each one's worker stopped or lost the job)"
+                )
+        try:
+            if check_inputs:
+                changed = await asyncio.to_thread(
+                    changed_files, directory, json.loads(manifest_data)
+                )
+                if changed:
+                    raise RenderFailed(
+                        "the recording no longer matches its signed manifest ("
+                        + "; ".join(changed)
+                        + "): no court copy is rendered from it",
+                        permanent=True,
+                    )
+            return await self._render_and_record(
+                record, directory, manifest_data, progress, keep_alive
+            ), None
+        except RenderFailed as error:
+            if by_hand or not (error.permanent or renders >= RENDER_ATTEMPTS):
+                raise
+            return None, str(error)
+
+    async def _count_render(self, room_id: str) -> int:
+        """Count one more run starting the render; the count so far, this one included."""
+        key = self.renders_key(room_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, PROGRESS_TTL_S)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def _render_and_record(
+        self,
+        record: RoomRecord,
+        directory: Path,
+        manifest_data: bytes,
+        progress: Callable[[str, float], Awaitable[None]],
+        keep_alive: Callable[[], Awaitable[bool]] | None,
+    ) -> Path:
+        """Render the court copy from the sealed manifest and sign its record."""
+        spec = court_copy_spec(
+            json.loads(manifest_data), directory, fps=self._fps, font_file=self._font_file
+        )
+        await progress("rendering", 0.0)
+        done = await render_in_child(
+            spec, progress, command=self._renderer, limit_s=self._render_limit_s
+        )
+        render = await asyncio.to_thread(render_facts, spec, done)
+        document = court_copy_record(manifest_data, spec.output, render, self._signing_key)
+        if keep_alive is not None and not await keep_alive():
+            raise LeaseLost(record.room_id)
+        await asyncio.to_thread(
+            write_signed_court_copy_record, directory, document, self._signing_key
+        )
+        log.info("room %s: court copy rendered and recorded", record.room_id)
+        return spec.output
 
     async def _archive(
-        self, room_id: str, state: RoomState, files: int, on_progress: ProgressCallback | None
+        self,
+        room_id: str,
+        state: RoomState,
+        manifest: dict[str, Any],
+        court_copy: Path | None,
+        missing: str | None,
+        on_progress: ProgressCallback | None,
     ) -> None:
-        """The recording is sealed: ``ended`` → ``archived`` (checked by the lifecycle rules)."""
-        RoomLifecycle(room_id, state).set_state(RoomState.ARCHIVED)
-        moved = await room_store.set_room_state(
-            self._db,
-            room_id,
-            expected=RoomState.ENDED.value,
-            new=RoomState.ARCHIVED.value,
-            now=datetime.now(UTC),
-        )
-        if not moved:
-            log.warning("room %s was archived meanwhile by another finaliser", room_id)
-        await self._report(room_id, "archived", 1.0, files=files)
+        """The recording is sealed: ``ended`` → ``archived`` (checked by the lifecycle rules),
+        and the finalise status says what became of the court copy."""
+        if state is RoomState.ENDED:
+            RoomLifecycle(room_id, state).set_state(RoomState.ARCHIVED)
+            moved = await room_store.set_room_state(
+                self._db,
+                room_id,
+                expected=RoomState.ENDED.value,
+                new=RoomState.ARCHIVED.value,
+                now=datetime.now(UTC),
+            )
+            if not moved:
+                log.warning("room %s was archived meanwhile by another finaliser", room_id)
+        files = len(manifest["files"])
+        if missing is not None:
+            log.error(
+                "room %s: archived WITHOUT its court copy (%s); the recording is sealed; "
+                "render the court copy with `jiefen room finalise %s`",
+                room_id,
+                missing,
+                room_id,
+            )
+            await self._report(
+                room_id,
+                "archived",
+                1.0,
+                files=files,
+                court_copy="missing",
+                court_copy_error=missing,
+            )
+        else:
+            log.info("room %s: recording finalised (%d files sealed)", room_id, files)
+            await self._report(
+                room_id,
+                "archived",
+                1.0,
+                files=files,
+                court_copy="rendered" if court_copy is not None else "none",
+            )
         if on_progress is not None:
             on_progress("archived", 1.0)
-
-    async def _render(
-        self, spec: CourtCopySpec, progress: Callable[[str, float], Awaitable[None]]
-    ) -> None:
-        """Run the renderer in a child process, relaying its progress."""
-        descriptor, spec_path = tempfile.mkstemp(prefix="court-copy-", suffix=".json")
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(spec.to_json())
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mediation_rooms.court_copy",
-            spec_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        errors = asyncio.create_task(_read_tail(child.stderr))
-        try:
-            assert child.stdout is not None
-            async with asyncio.timeout(MAX_RUNTIME_S):
-                async for line in child.stdout:
-                    try:
-                        message = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if "progress" in message:
-                        await progress("rendering", float(message["progress"]))
-                returncode = await child.wait()
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
-            tail = await errors
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(spec_path)
-        if returncode != 0:
-            raise RenderFailed(f"court copy renderer exited with {returncode}: {tail[-2000:]}")
-
-
-async def _read_tail(stream: asyncio.StreamReader | None, keep: int = 8192) -> str:
-    """Everything the stream says, keeping only the last ``keep`` characters."""
-    if stream is None:
-        return ""
-    tail = ""
-    with contextlib.suppress(Exception):
-        async for line in stream:
-            tail = (tail + line.decode(errors="replace"))[-keep:]
-    return tail
 
 
 def _live_since(record: RoomRecord, timeline: list[dict[str, Any]]) -> float | None:
@@ -363,14 +499,13 @@ def _live_since(record: RoomRecord, timeline: list[dict[str, Any]]) -> float | N
     return record.live_at.replace(tzinfo=UTC).timestamp() if record.live_at else None
 
 
-def _duration_ms(media: list[MediaSummary], timeline: list[dict[str, Any]]) -> int:
-    """From room time 0 to the last frame of any file or the end of the session."""
-    last_frame = max((summary.last_ms or 0 for summary in media), default=0)
-    ended = max(
-        (int(e["t_ms"]) for e in timeline if e.get("event") == "ended" and "t_ms" in e),
-        default=0,
-    )
-    return max(last_frame, ended) + 40
+def _recorded_court_copy(directory: Path, manifest: dict[str, Any]) -> Path | None:
+    """The court copy a sealed recording has: listed in a legacy manifest, or recorded in its
+    own signed document beside the manifest."""
+    if manifest.get("format") == LEGACY_MANIFEST_FORMAT:
+        name = manifest.get("court_copy")
+        return directory / name if isinstance(name, str) else None
+    return directory / COURT_COPY_NAME if (directory / COURT_COPY_RECORD_NAME).exists() else None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -384,9 +519,9 @@ def _manifest(
     live_since: float | None,
     timeline: list[dict[str, Any]],
     files: list[dict[str, Any]],
-    court_copy: Path | None,
     key: SigningKey,
 ) -> dict[str, Any]:
+    """The manifest of the evidence (the court copy has its own record, made later)."""
     participants = []
     for seat in sorted(record.seats, key=lambda s: seat_rank(s.seat)):
         mine = [e for e in timeline if e.get("seat") == seat.seat]
@@ -418,7 +553,6 @@ def _manifest(
         "clock": "t_ms, first_ms and last_ms are milliseconds since live_at",
         "participants": participants,
         "files": files,
-        "court_copy": court_copy.name if court_copy is not None else None,
         "timeline": timeline,
         "signed_at": datetime.now(UTC).isoformat(),
         "signing_key_id": key.key_id,

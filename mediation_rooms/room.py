@@ -9,7 +9,8 @@ Lifecycle (one setter, :meth:`RoomLifecycle.set_state`, checks and logs every ch
 - ``open``: someone has arrived; parties wait in the waiting room.
 - ``live``: the mediator admitted the first party; recording runs from this moment.
 - ``ended``: the mediator ended it (or it was called off); nobody can join again.
-- ``archived``: the recording is finalised (digests, signed manifest, court copy).
+- ``archived``: the recording is finalised (digests, signed manifest, and the court copy
+  with its own signed record, or the reason it is missing).
 
 Seats: the mediator, the applicant and the respondent always; up to two extra seats that the
 mediator opens, when the room is opened or during the session (:func:`check_new_seat`): an

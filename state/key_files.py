@@ -1,11 +1,15 @@
-"""Key files created once, privately, by whichever process gets there first."""
+"""Key files: created once, privately, by whichever process gets there first; read only when
+nobody else can read them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
+
+from jiefen.errors import ConfigurationError
 
 
 def create_key_file_once(path: Path, content: bytes) -> None:
@@ -28,3 +32,27 @@ def create_key_file_once(path: Path, content: bytes) -> None:
             os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def read_private_key_file(path: Path, what: str) -> bytes:
+    """The bytes of the key file ``path`` (``what`` names it in errors, e.g. "the signing key").
+
+    Raises ``ConfigurationError`` when it cannot be read, or when its mode lets the group or
+    others read or write it: a private key must be mode 0600 or stricter (a symbolic link is
+    followed: the mode of the file it leads to counts). Refused rather than fixed: a key that
+    others could read may have been copied, and whoever runs Jiefen should know.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {what} {path}: {error.strerror}") from error
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigurationError(
+            f"{what} {path} is open to other users (mode {mode:04o}): a private key file must "
+            f"be mode 0600 or stricter (chmod 600 {path}; replace the key if others may have "
+            "copied it)"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {what} {path}: {error.strerror}") from error

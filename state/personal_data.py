@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cases.id_number import is_valid_id_number, mask_id_number
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
-from state.key_files import create_key_file_once
+from state.key_files import create_key_file_once, read_private_key_file
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -116,22 +116,41 @@ def redact_id_numbers(text: str) -> str:
     return _ID_LIKE.sub(replace, text)
 
 
-def load_or_create_data_key(settings: Settings) -> bytes:
-    """The 32-byte data key: ``settings.data_key`` (base64), else the key file, else a new one.
+def load_or_create_data_key(settings: Settings, *, embedded: bool | None = None) -> bytes:
+    """The 32-byte data key: ``settings.data_key`` (base64, ``JIEFEN_DATA_KEY``); else, in the
+    embedded mode (``embedded``, default ``settings.embedded``), the key file, made once.
 
-    The key file is ``settings.data_dir/keys/data.key`` (base64 text). A new key is written to
-    a private temporary file and linked into place, so two processes starting together end
-    up with the same key. Losing the key makes every stored ID number unreadable: back it up.
+    The key file is ``settings.data_dir/keys/data.key`` (base64 text, mode 0600 or stricter).
+    A new key is written to a private temporary file and linked into place, so two processes
+    starting together end up with the same key. Outside the embedded mode the key must be
+    configured (``ConfigurationError``): the processes of a deployment run on several hosts and
+    must all seal and open with one key; a key made per host would leave each unable to read
+    what the others stored. Losing the key makes every stored ID number unreadable: back it up.
     """
     if settings.data_key:
         return _decode_key(settings.data_key, "JIEFEN_DATA_KEY")
     path = settings.data_dir / "keys" / "data.key"
+    if not (settings.embedded if embedded is None else embedded):
+        hint = (
+            f" ({path} exists here, made by an earlier version or by an embedded `jiefen serve`:"
+            " its content is the key to use if this deployment's data was sealed with it)"
+            if path.exists()
+            else ""
+        )
+        raise ConfigurationError(
+            "JIEFEN_DATA_KEY is not set. Only the embedded `jiefen serve` makes its own data "
+            f"key; this process (role {settings.role}"
+            f"{', shared Redis' if settings.redis_url else ''}) is part of a deployment whose "
+            "processes must all use one key: set JIEFEN_DATA_KEY (32 bytes, base64) to the same "
+            f"value on every host{hint}"
+        )
     if not path.exists():
         _create_key_file(path)
+    raw = read_private_key_file(path, "the data key file")
     try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"cannot read data key file {path}: {error}") from error
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(f"cannot read the data key file {path}: {error}") from error
     return _decode_key(text, str(path))
 
 

@@ -3,6 +3,14 @@
 Courts verify with the public half, published as PEM (``jiefen room signing-key``). The key id
 is the first 16 hex digits of SHA-256 over the raw 32-byte public key; a manifest names the id
 of the key that signed it, so a rotated key can still be told apart from the current one.
+
+Where the key comes from: ``JIEFEN_SIGNING_KEY_FILE`` when it is set. Otherwise, and only in
+the embedded mode (``Settings.embedded``: one ``jiefen serve`` doing everything), the key is
+``data_dir/keys/signing-ed25519.pem``, made on first use. Any other process refuses to start
+without the setting rather than make a key of its own: two worker hosts would otherwise sign
+with two keys, one of which the courts were never given. Commands run from a shell pass
+``embedded=`` themselves (:func:`command_is_embedded`). Either way the file must be mode 0600
+or stricter (``state.key_files``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
-from state.key_files import create_key_file_once
+from state.key_files import create_key_file_once, read_private_key_file
 
 
 def key_id_of(public_key: Ed25519PublicKey) -> str:
@@ -63,15 +71,60 @@ class SigningKey:
         ).decode("ascii")
 
 
-def signing_key_path(settings: Settings) -> Path:
-    """``settings.signing_key_file``, else ``data_dir/keys/signing-ed25519.pem``."""
-    return settings.signing_key_file or settings.data_dir / "keys" / "signing-ed25519.pem"
+DEFAULT_KEY_NAME = "signing-ed25519.pem"
 
 
-def load_or_create_signing_key(settings: Settings) -> SigningKey:
-    """The key at :func:`signing_key_path`; the default file is created on first use (a
-    configured ``signing_key_file`` must exist)."""
-    path = signing_key_path(settings)
+def command_is_embedded(settings: Settings) -> bool:
+    """Whether a command run from a shell (``jiefen room finalise``, ``signing-key``) acts on
+    an embedded installation: role ``all`` (a shell seldom sets ``JIEFEN_ROLE``) and the
+    in-process Redis stand-in. A shell pointed at a shared Redis acts on a deployment of several
+    processes whose workers sign with the configured key: it must use that key too."""
+    return settings.embedded and not settings.redis_url
+
+
+def signing_key_path(settings: Settings, *, embedded: bool | None = None) -> Path:
+    """``settings.signing_key_file``; else, when ``embedded`` (default ``settings.embedded``),
+    ``data_dir/keys/signing-ed25519.pem``; else ``ConfigurationError`` naming the setting."""
+    if settings.signing_key_file is not None:
+        return settings.signing_key_file
+    default = settings.data_dir / "keys" / DEFAULT_KEY_NAME
+    if settings.embedded if embedded is None else embedded:
+        return default
+    hint = (
+        f" ({default} exists here, made by an earlier version or by an embedded `jiefen serve`:"
+        " point JIEFEN_SIGNING_KEY_FILE at it only if that is the key the courts were given)"
+        if default.exists()
+        else ""
+    )
+    raise ConfigurationError(
+        "JIEFEN_SIGNING_KEY_FILE is not set. Only the embedded `jiefen serve` makes its own "
+        f"signing key; this process (role {settings.role}"
+        f"{', shared Redis' if settings.redis_url else ''}) is part of a deployment whose "
+        "recordings must all be signed with the platform's one key, whose public half the "
+        "courts hold: set JIEFEN_SIGNING_KEY_FILE to that Ed25519 PEM file (mode 0600), the "
+        f"same on every host{hint}"
+    )
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """The Ed25519 private key in the PEM file ``path`` (mode 0600 or stricter);
+    ``ConfigurationError`` when it is missing, open to others or not an Ed25519 key."""
+    data = read_private_key_file(path, "the signing key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as error:
+        raise ConfigurationError(f"cannot read the signing key {path}: {error}") from error
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"the signing key {path} is not an Ed25519 key")
+    return SigningKey(key)
+
+
+def load_or_create_signing_key(settings: Settings, *, embedded: bool | None = None) -> SigningKey:
+    """The key at :func:`signing_key_path`. In the embedded mode (``embedded``, default
+    ``settings.embedded``) the default file is created on first use, once (processes starting
+    together share whichever was made first); a configured ``signing_key_file`` must exist,
+    and outside the embedded mode it must be configured (``ConfigurationError``)."""
+    path = signing_key_path(settings, embedded=embedded)
     if settings.signing_key_file is None and not path.exists():
         new_key = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
@@ -79,10 +132,4 @@ def load_or_create_signing_key(settings: Settings) -> SigningKey:
             serialization.NoEncryption(),
         )
         create_key_file_once(path, new_key)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as error:
-        raise ConfigurationError(f"cannot read the signing key {path}: {error}") from error
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigurationError(f"the signing key {path} is not an Ed25519 key")
-    return SigningKey(key)
+    return load_signing_key(path)

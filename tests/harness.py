@@ -4,6 +4,8 @@ PostgreSQL, the fake WeChat API on its own port, and a simulator to talk to it a
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,11 +16,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bot.fake_wechat_api import FakeWeChatAPI, start_fake_wechat_api
 from bot.wechat_simulator import CryptoMode, Delivery, Push, Reply, WeChatSimulator
 from config.settings import DEV_WECHAT_AES_KEY, DEV_WECHAT_APPID, DEV_WECHAT_TOKEN, Settings
 from jiefen.app import SERVICES, Services, create_app
+from state.key_files import create_key_file_once
 from state.message_gate import MessageGate
 
 T = TypeVar("T")
@@ -70,6 +75,17 @@ class RunningJiefen:
         return await pushed()
 
 
+def platform_signing_key_file(directory: Path) -> Path:
+    """The deployment's signing key as production configures it (``JIEFEN_SIGNING_KEY_FILE``,
+    mode 0600), made once in ``directory``: processes that are not embedded make none."""
+    path = directory / "platform-signing-ed25519.pem"
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    create_key_file_once(path, pem)
+    return path
+
+
 async def eventually(probe: Callable[[], Awaitable[T]], *, wait_s: float = 10.0) -> T:
     """Poll ``probe`` until it returns something truthy, or ``wait_s`` passes; its last value."""
     deadline = time.monotonic() + wait_s
@@ -95,6 +111,9 @@ async def running_jiefen(
     # and the settings' port is not the one bound here) would make two of them one node, which
     # a second start under a live node's id refuses.
     overrides.setdefault("media_node_id", f"test-{uuid.uuid4().hex[:8]}")
+    if overrides.get("role", "all") != "all":  # not embedded: the keys are configured
+        overrides.setdefault("signing_key_file", platform_signing_key_file(data_dir))
+        overrides.setdefault("data_key", base64.b64encode(os.urandom(32)).decode())
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 
 from bot.bench_webhook import free_port, intake_script
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
-from tests.harness import eventually
+from tests.harness import eventually, platform_signing_key_file
 
 JIEFEN = [sys.executable, "-m", "jiefen.cli"]
 
@@ -168,6 +169,9 @@ async def test_web_and_worker_processes_share_the_work(
             JIEFEN_DATA_DIR=str(tmp_path),
             JIEFEN_WECHAT_API_BASE=fake_url,
             JIEFEN_PASSIVE_REPLY_DEADLINE_S="0",
+            # Not embedded: the deployment's keys are configured, the same for both processes.
+            JIEFEN_SIGNING_KEY_FILE=str(platform_signing_key_file(tmp_path)),
+            JIEFEN_DATA_KEY=base64.b64encode(os.urandom(32)).decode(),
         )
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -1,4 +1,6 @@
-"""Finalising an ended room's recording: court copy, signed manifest, archive; and verifying it.
+"""Finalising an ended room's recording: signed manifest, court copy and its signed record,
+archive; and verifying it. (Renders that fail, and the court copy rendered later by hand:
+``test_recording_court_copy_missing``.)
 
 Real PostgreSQL and Redis; the recording directory is written by the real ``TrackRecorder``
 (``tests.test_court_copy``). The end-to-end path (a live room ended by the mediator, finalised
@@ -33,7 +35,13 @@ from mediation_rooms.finalise import (
     enqueue_finalisation,
     enqueue_unfinalised,
 )
-from mediation_rooms.manifest import MANIFEST_NAME, SIGNATURE_NAME, verify_recording
+from mediation_rooms.manifest import (
+    COURT_COPY_RECORD_NAME,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    sha256_of,
+    verify_recording,
+)
 from state import room_store
 from state.blob_store import LocalBlobStore
 from state.db import create_engine, migrate
@@ -120,22 +128,53 @@ async def test_an_ended_room_is_rendered_signed_and_archived_once(
     db: AsyncEngine, finaliser: RecordingFinaliser, signing_key: SigningKey, tmp_path: Path
 ) -> None:
     room_id = await ended_room(db, tmp_path / "recordings")
+    directory = tmp_path / "recordings" / room_id
     stages: list[tuple[str, float]] = []
-    done = await finaliser.finalise(room_id, on_progress=lambda *s: stages.append(s))
+    sealed_when_rendering: list[bool] = []
+
+    def watch(stage: str, fraction: float) -> None:
+        stages.append((stage, fraction))
+        if stage == "rendering" and not sealed_when_rendering:
+            # The evidence is sealed (and intact) before the render starts.
+            sealed = verify_recording(directory, signing_key.public_key, room_id)
+            rendered = (directory / "court-copy.mp4").exists()
+            sealed_when_rendering.append(sealed.ok and not rendered)
+
+    done = await finaliser.finalise(room_id, on_progress=watch)
     assert done.done_now and done.court_copy == done.directory / "court-copy.mp4"
-    assert stages[0] == ("rendering", 0.0) and stages[-1] == ("archived", 1.0)
-    assert ("sealing", 1.0) in stages
+    assert stages[0] == ("sealing", 0.0) and stages[-1] == ("archived", 1.0)
+    assert sealed_when_rendering == [True]
 
     verification = verify_recording(done.directory, signing_key.public_key)
     assert verification.ok, verification.problems
+    assert verification.checked_files == 8  # seven sealed files and the court copy
     manifest = done.manifest
+    assert manifest["format"] == "jiefen-recording-manifest/2"
+    # The court copy is recorded beside the manifest, derived from its exact bytes.
+    record = verification.court_copy
+    assert record is not None and record["format"] == "jiefen-court-copy/1"
+    court_copy_digest, court_copy_bytes = sha256_of(done.directory / "court-copy.mp4")
+    assert record["file"] == {
+        "name": "court-copy.mp4",
+        "bytes": court_copy_bytes,
+        "sha256": court_copy_digest,
+    }
+    assert record["derived_from"] == {
+        "name": "manifest.json",
+        "sha256": sha256_of(done.directory / MANIFEST_NAME)[0],
+    }
+    assert (record["room_id"], record["signing_key_id"]) == (room_id, signing_key.key_id)
+    assert record["render"]["fps"] == 25 and record["render"]["video_frames"] == 51
+    assert record["render"]["video"] == {"codec": "h264", "width": 3 * 640, "height": 544}
+    assert record["render"]["audio"]["codec"] == "aac"
     assert [p["seat"] for p in manifest["participants"]] == ["mediator", "applicant", "respondent"]
     assert manifest["participants"][1]["consents"] == {"recording": True}
     assert manifest["live_at"] == datetime.fromtimestamp(LIVE_SINCE, UTC).isoformat()
     assert manifest["signing_key_id"] == signing_key.key_id
     assert len(manifest["timeline"]) == 3  # the torn line left out
     names = [f["name"] for f in manifest["files"]]
-    assert names == sorted(names) and "timeline.jsonl" in names and "court-copy.mp4" in names
+    assert names == sorted(names) and "timeline.jsonl" in names and "court-copy.mp4" not in names
+    assert "court_copy" not in manifest
     video = next(f for f in manifest["files"] if f["name"] == "applicant-video-01.webm")
     assert (video["seat"], video["kind"], video["part"], video["codec"]) == (
         "applicant",
@@ -151,18 +190,22 @@ async def test_an_ended_room_is_rendered_signed_and_archived_once(
         "stage": "archived",
         "fraction": 1.0,
         "files": len(names),
+        "court_copy": "rendered",
         "updated_at": pytest.approx(datetime.now().timestamp(), abs=60),
     }
     signed = (done.directory / MANIFEST_NAME).read_bytes()
+    recorded = (done.directory / COURT_COPY_RECORD_NAME).read_bytes()
     again = await finaliser.finalise(room_id)
     assert not again.done_now and (done.directory / MANIFEST_NAME).read_bytes() == signed
+    assert again.court_copy == done.court_copy
 
-    # Sealed but not archived (a crash in between): the retry archives what was sealed, and
-    # neither renders nor signs again.
+    # Rendered but not archived (a crash in between): the retry archives what was sealed and
+    # recorded, and neither renders nor signs again.
     assert await room_store.set_room_state(db, room_id, expected="archived", new="ended", now=NOW)
     court_copy_written = (done.directory / "court-copy.mp4").stat().st_mtime_ns
     resumed = await finaliser.finalise(room_id)
     assert resumed.done_now and (done.directory / MANIFEST_NAME).read_bytes() == signed
+    assert (done.directory / COURT_COPY_RECORD_NAME).read_bytes() == recorded
     assert (done.directory / "court-copy.mp4").stat().st_mtime_ns == court_copy_written
     room = await room_store.get_room(db, room_id)
     assert room is not None and room.state == "archived"
@@ -174,7 +217,11 @@ async def test_a_room_that_never_went_live_is_archived_with_an_empty_manifest(
     room_id = await ended_room(db, tmp_path / "recordings", record=False)
     done = await finaliser.finalise(room_id)
     assert done.court_copy is None and done.manifest["files"] == []
-    assert verify_recording(done.directory, signing_key.public_key).ok
+    assert done.court_copy_missing is None  # nothing to render: nothing missing
+    verification = verify_recording(done.directory, signing_key.public_key)
+    assert verification.ok and not verification.court_copy_missing
+    progress = await finaliser.progress(room_id)
+    assert progress is not None and progress["court_copy"] == "none"
 
 
 async def test_a_live_room_whose_recording_is_not_here_is_retried_not_sealed_empty(
@@ -226,6 +273,18 @@ async def test_verification_names_every_problem(
     (directory / "extra.webm").write_bytes(b"added later")
     problems = verify_recording(directory, signing_key.public_key).problems
     assert problems == ["mediator-video-01.webm: missing", "extra.webm: not in the manifest"]
+    with (directory / "court-copy.mp4").open("ab") as court_copy:
+        court_copy.write(b"\0")
+    problems = verify_recording(directory, signing_key.public_key).problems
+    assert "court-copy.mp4: changed since it was signed" in problems
+    # Without its record the court copy is one more file nobody signed for.
+    (directory / COURT_COPY_RECORD_NAME).rename(tmp_path / "record.json")
+    (directory / "court-copy.sig").unlink()
+    problems = verify_recording(directory, signing_key.public_key).problems
+    assert problems[-2:] == [
+        "court-copy.mp4: not in the manifest",
+        "extra.webm: not in the manifest",
+    ]
     manifest = (directory / MANIFEST_NAME).read_bytes()
     (directory / MANIFEST_NAME).write_bytes(manifest.replace(b"\\u738b", b"\\u674e", 1) + b" ")
     assert not verify_recording(directory, signing_key.public_key).ok
@@ -341,6 +400,7 @@ async def test_the_command_line_prints_the_key_and_verifies_a_recording(
     verified = _jiefen(tmp_path, "room", "verify", str(done.directory))
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.startswith("OK: signature valid; 8 files match")
+    assert "court copy court-copy.mp4: its signed record holds" in verified.stdout
     public = tmp_path / "court.pub.pem"
     public.write_text(key.public_pem())
     (done.directory / "respondent-audio-01.webm").write_bytes(b"swapped")

@@ -76,7 +76,10 @@ async def media_processes(
         JIEFEN_DATABASE_URL=pg_database_url,
         JIEFEN_REDIS_URL=REDIS_URL,
         JIEFEN_REDIS_PREFIX=redis_prefix,
-        JIEFEN_DATA_DIR=str(tmp_path),  # the same keys and recordings as the web process
+        # The same data key and recordings as the web process, and no signing key: a media
+        # process runs no finalisation jobs and never loads it.
+        JIEFEN_DATA_DIR=str(tmp_path),
+        JIEFEN_DATA_KEY=str(web.settings.data_key),
         JIEFEN_MEDIA_NODE_CAPACITY="1",
         JIEFEN_PUBLIC_URL=web.url,  # join links (a seat opened in the session) lead to the web
     )

@@ -8,6 +8,7 @@ container with the same fixed hostname and port would meet).
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
@@ -46,6 +47,7 @@ async def test_a_media_process_under_a_running_ones_node_id_refuses_to_start(
             JIEFEN_DATA_DIR=str(tmp_path),
             JIEFEN_PUBLIC_URL="http://127.0.0.1:9",
             JIEFEN_MEDIA_NODE_ID="media-1",
+            JIEFEN_DATA_KEY=base64.b64encode(bytes(32)).decode(),  # not embedded: configured
         )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -66,9 +68,10 @@ async def test_a_media_process_under_a_running_ones_node_id_refuses_to_start(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-        assert process.returncode != 0
+        assert process.returncode == 2
         message = stderr.decode(errors="replace").strip().splitlines()[-1]
-        assert "JIEFEN_MEDIA_NODE_ID" in message and "'media-1'" in message, message
+        assert message.startswith("jiefen serve: media node id 'media-1'"), message
+        assert "JIEFEN_MEDIA_NODE_ID" in message, message
         # The running node keeps its registration and its room: the refused one wrote nothing.
         assert await placement.node("media-1") == running
         assert await placement.redis.get(placement.room_key("room-1")) == b"media-1"

@@ -272,8 +272,10 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
     videos = {f["seat"]: f for f in manifest["files"] if f.get("kind") == "video"}
     assert set(videos) == {"mediator", "applicant", "respondent"}
     assert all(video["frames"] > 30 and video["codec"] == "vp8" for video in videos.values())
-    assert manifest["court_copy"] == "court-copy.mp4"
-    assert any(f["name"] == "court-copy.mp4" for f in manifest["files"])
+    # The evidence was sealed before the render; the court copy has its own signed record.
+    assert not any(f["name"] == "court-copy.mp4" for f in manifest["files"])
+    assert verification.court_copy is not None
+    assert verification.court_copy["file"]["name"] == "court-copy.mp4"
     with av.open(str(directory / "court-copy.mp4")) as court_copy:
         assert court_copy.streams.video[0].codec_context.width == 3 * 640
         assert court_copy.streams.audio, "the court copy has the mixed audio"

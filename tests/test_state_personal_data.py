@@ -103,3 +103,26 @@ def test_key_file_created_once_private(tmp_path: Path) -> None:
     path.write_text("garbage", encoding="ascii")
     with pytest.raises(ConfigurationError, match=r"data\.key"):
         load_or_create_data_key(settings)
+
+
+@pytest.mark.parametrize("role", ["web", "media", "worker"])
+def test_outside_the_embedded_mode_the_data_key_must_be_configured(
+    tmp_path: Path, role: str
+) -> None:
+    settings = Settings(data_dir=tmp_path, role=role)
+    with pytest.raises(ConfigurationError, match="JIEFEN_DATA_KEY is not set"):
+        load_or_create_data_key(settings)
+    assert not (tmp_path / "keys").exists()  # no key of its own, for this host only
+    configured = Settings(data_dir=tmp_path, role=role, data_key=base64.b64encode(KEY).decode())
+    assert load_or_create_data_key(configured) == KEY
+
+
+def test_a_data_key_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    key = load_or_create_data_key(settings)
+    path = tmp_path / "keys" / "data.key"
+    path.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="mode 0600 or stricter"):
+        load_or_create_data_key(settings)
+    path.chmod(0o400)
+    assert load_or_create_data_key(settings) == key
