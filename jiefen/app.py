@@ -20,7 +20,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.background_jobs import BackgroundJobs
+from bot.background_jobs import BackgroundJobs, RetryPolicy
 from bot.conversation import ConversationService
 from bot.dev_wechat import make_dev_wechat_app
 from bot.fake_wechat_api import FakeWeChatAPI
@@ -119,6 +119,7 @@ def recording_finaliser(
         redis_prefix=settings.redis_prefix,
         recordings_dir=settings.recordings_dir,
         signing_key=load_or_create_signing_key(settings) if seals else None,
+        job_attempts=RetryPolicy().max_attempts,  # the workers' policy (BackgroundJobs default)
         font_file=settings.court_copy_font_file,
         fps=settings.court_copy_fps,
     )

@@ -317,9 +317,9 @@ def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 finaliser = recording_finaliser(settings, db=engine, redis=redis)
                 done = await finaliser.finalise(args.room_id, on_progress=show, by_hand=True)
-            except (ConfigurationError, PermanentJobError, RenderFailed) as error:
+            except (PermanentJobError, RenderFailed) as error:
                 print(f"\ncannot finalise: {error}", file=sys.stderr)
-                return 1
+                return 1  # (a ConfigurationError reaches main: one line, exit code 2)
         finally:
             await redis.aclose()
             await engine.dispose()

@@ -137,6 +137,9 @@ async def render_in_child(
         if child.returncode is None:
             child.kill()
             await child.wait()
+        # A killed child leaves its partial output behind (it names it after its own pid).
+        with contextlib.suppress(FileNotFoundError):
+            spec.output.with_name(f".{spec.output.name}.{child.pid}.partial").unlink()
         tail = await errors
         with contextlib.suppress(FileNotFoundError):
             os.unlink(spec_path)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import LockNotOwnedError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jiefen.errors import ConfigurationError, JiefenError, PermanentJobError
@@ -91,6 +92,9 @@ RENDER_LIMIT_S = MAX_RUNTIME_S - 30 * 60
 #: Runs of the job that may start the render; a later run archives without the court copy.
 #: Below the worker's ``RetryPolicy.max_attempts`` (8), which would bury the job.
 RENDER_ATTEMPTS = 3
+#: Only one finalisation of a room runs at a time (a worker's job, an operator's hand run):
+#: a Redis lock with this TTL (seconds), renewed every third of it while the run lasts.
+FINALISE_LOCK_S = 60.0
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -167,6 +171,7 @@ class RecordingFinaliser:
         redis_prefix: str,
         recordings_dir: Path,
         signing_key: SigningKey | None,
+        job_attempts: int = 8,
         font_file: Path | None = None,
         fps: int = 25,
         renderer: tuple[str, ...] = RENDERER,
@@ -177,6 +182,8 @@ class RecordingFinaliser:
         self._prefix = redis_prefix
         self._recordings_dir = recordings_dir
         self._key = signing_key
+        #: The worker's ``RetryPolicy.max_attempts``: its last run archives whatever it can.
+        self._job_attempts = job_attempts
         self._font_file = font_file
         self._fps = fps
         self._renderer = renderer
@@ -195,6 +202,9 @@ class RecordingFinaliser:
 
     def progress_key(self, room_id: str) -> str:
         return f"{self._prefix}room:{room_id}:finalise"
+
+    def lock_key(self, room_id: str) -> str:
+        return f"{self._prefix}room:{room_id}:finalise:lock"
 
     def renders_key(self, room_id: str) -> str:
         """How many runs of the job started the room's render (see the module docstring)."""
@@ -217,7 +227,11 @@ class RecordingFinaliser:
         """The queue's handler: finalise while a heartbeat renews the lease (every
         ``KEEP_ALIVE_EVERY_S``); the work stops the moment the job is another worker's."""
         work = asyncio.ensure_future(
-            self.finalise(str(job.payload["room_id"]), keep_alive=lambda: jobs.extend(job))
+            self.finalise(
+                str(job.payload["room_id"]),
+                keep_alive=lambda: jobs.extend(job),
+                last_chance=job.attempts >= self._job_attempts,
+            )
         )
         lost = False
 
@@ -257,8 +271,14 @@ class RecordingFinaliser:
         keep_alive: Callable[[], Awaitable[bool]] | None = None,
         on_progress: ProgressCallback | None = None,
         by_hand: bool = False,
+        last_chance: bool = False,
     ) -> Finalised:
         """Finalise ``room_id`` (see the module docstring).
+
+        One run per room at a time, job or hand run alike (a lock in Redis): another run
+        meanwhile raises ``RenderFailed`` (the job is retried later; an operator is told).
+        ``last_chance`` is the job's last attempt: a failed render then archives the room
+        without its court copy instead of asking for another run.
 
         Raises ``PermanentJobError`` for an unknown room, one that has not ended, or one whose
         ``manifest.json`` does not verify with this key (it is never replaced: an operator must
@@ -267,6 +287,55 @@ class RecordingFinaliser:
         (``jiefen room finalise``): it also renders the missing court copy of an archived room,
         does not count or limit attempts, and raises ``RenderFailed`` for any failed render.
         """
+        lock = self._redis.lock(self.lock_key(room_id), timeout=FINALISE_LOCK_S)
+        if not await lock.acquire(blocking=False):
+            raise RenderFailed(
+                f"room {room_id} is being finalised by another run (a worker's job or "
+                "`jiefen room finalise`); try again once it is done"
+            )
+        work = asyncio.ensure_future(
+            self._finalise(room_id, keep_alive, on_progress, by_hand, last_chance)
+        )
+        lost_lock = False
+
+        async def keep_locked() -> None:
+            nonlocal lost_lock
+            while True:
+                await asyncio.sleep(FINALISE_LOCK_S / 3)
+                try:
+                    await lock.reacquire()
+                except LockNotOwnedError:
+                    lost_lock = True
+                    work.cancel()
+                    return
+                except Exception:  # Redis unreachable for a moment: the TTL still runs
+                    log.warning("room %s: could not renew the finalisation lock", room_id)
+
+        renewer = asyncio.create_task(keep_locked())
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not lost_lock:
+                raise
+            raise RenderFailed(
+                f"room {room_id}: this run lost its finalisation lock (stalled for over "
+                f"{FINALISE_LOCK_S:.0f} s) and stopped, so that two runs never write at once"
+            ) from None
+        finally:
+            renewer.cancel()
+            if not work.done():
+                work.cancel()
+            with contextlib.suppress(Exception):
+                await lock.release()
+
+    async def _finalise(
+        self,
+        room_id: str,
+        keep_alive: Callable[[], Awaitable[bool]] | None,
+        on_progress: ProgressCallback | None,
+        by_hand: bool,
+        last_chance: bool,
+    ) -> Finalised:
         record = await room_store.get_room(self._db, room_id)
         if record is None:
             raise PermanentJobError(f"no room {room_id}")
@@ -306,6 +375,7 @@ class RecordingFinaliser:
                 keep_alive,
                 check_inputs=sealed_before,
                 by_hand=by_hand,
+                last_chance=last_chance,
             )
 
         # 3. Archive, with or without the court copy: the evidence is sealed either way.
@@ -372,17 +442,23 @@ class RecordingFinaliser:
         *,
         check_inputs: bool,
         by_hand: bool,
+        last_chance: bool,
     ) -> tuple[Path | None, str | None]:
         """(the court copy, None) once rendered and recorded; (None, why) when this run gives
         up on it and the room is to be archived without it. ``RenderFailed`` when a failed
         render is worth another run (always, ``by_hand``)."""
+        # A court copy without its record (a run stopped between the render and the record)
+        # was never sealed: it goes, or verification would report an unlisted file.
+        with contextlib.suppress(FileNotFoundError):
+            (directory / COURT_COPY_NAME).unlink()
+            log.warning("room %s: removed a court copy that was never recorded", record.room_id)
         renders = 0
         if not by_hand:
             renders = await self._count_render(record.room_id)
             if renders > RENDER_ATTEMPTS:
                 return None, (
-                    f"{RENDER_ATTEMPTS} runs of the job started the render and none finished it "
-                    "(each one's worker stopped or lost the job)"
+                    f"{RENDER_ATTEMPTS} runs of the job started the render and none of them "
+                    "finished it"
                 )
         try:
             if check_inputs:
@@ -400,7 +476,7 @@ class RecordingFinaliser:
                 record, directory, manifest_data, progress, keep_alive
             ), None
         except RenderFailed as error:
-            if by_hand or not (error.permanent or renders >= RENDER_ATTEMPTS):
+            if by_hand or not (error.permanent or renders >= RENDER_ATTEMPTS or last_chance):
                 raise
             return None, str(error)
 

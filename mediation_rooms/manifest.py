@@ -358,7 +358,7 @@ def _verify_court_copy(
     result.problems += [f"{COURT_COPY_RECORD_NAME}: {problem}" for problem in problems]
     entry = record.get("file") or {}
     name = entry.get("name")
-    if not isinstance(name, str) or Path(name).name != name or name in NOT_LISTED:
+    if name != COURT_COPY_NAME:  # never a path, an evidence file or a signed document
         result.problems.append(f"{COURT_COPY_RECORD_NAME}: names no court copy file")
         return set()
     if problem := _file_problem(directory, entry):

@@ -364,7 +364,7 @@ async def _insert_case(
     draft, now, org = filing.draft, filing.now, filing.organisation
     # The case goes in under a placeholder number; the real one is allocated as the last
     # statement, so that the counter row's lock (which serialises every filing of the day) is
-    # held for two statements and the commit, not for the whole filing.
+    # held for that statement and the commit (two statements on SQLite), not the whole filing.
     placeholder = "pending-" + secrets.token_hex(12)
     statements = _filing_statements(connection.dialect.name)
     values = {

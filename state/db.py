@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
@@ -40,6 +41,17 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 #: How long a PostgreSQL connect, or one statement, may take (seconds).
 PG_CONNECT_TIMEOUT_S = 10.0
 PG_COMMAND_TIMEOUT_S = 30.0
+#: How long the check of a pooled connection may take before the database counts as unavailable.
+PG_PING_TIMEOUT_S = 5.0
+#: What a pooled connection that the server or the network closed raises when used.
+_CONNECTION_GONE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # terminated by an administrator, shutdown
+    asyncpg.exceptions.InterfaceError,  # "connection is closed"
+    ConnectionError,
+    OSError,
+)
+_FRESH = "jiefen_fresh"
 #: Key of the advisory lock that makes concurrent migrations of one PostgreSQL database wait.
 _MIGRATION_LOCK_KEY = 0x4A494546454E  # "JIEFEN"
 
@@ -73,22 +85,36 @@ def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int =
                 "server_settings": {"application_name": "jiefen"},
             },
         )
+        event.listen(engine.sync_engine, "connect", _mark_fresh)
         event.listen(engine.sync_engine, "checkout", _ping_postgresql)
         return engine
     raise ValueError(f"unsupported database backend {backend!r} (use SQLite or PostgreSQL)")
 
 
-def _ping_postgresql(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+def _mark_fresh(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_FRESH] = True
+
+
+def _ping_postgresql(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     """Make sure a pooled connection is alive before it is handed out; a dead one is replaced.
 
-    This is what ``pool_pre_ping`` does, in one round trip instead of its three: SQLAlchemy's
-    asyncpg ping wraps its ``;`` in BEGIN and ROLLBACK (for PgBouncer's transaction mode, which
-    a lone simple-protocol statement suits as well). Raising ``DisconnectionError`` here is
-    SQLAlchemy's documented way to have the pool discard the connection and take a fresh one.
+    What ``pool_pre_ping`` does, in one round trip instead of its three: SQLAlchemy's asyncpg
+    ping wraps its ``;`` in BEGIN and ROLLBACK (for PgBouncer's transaction mode, which a lone
+    simple-protocol statement suits as well). Like it, a connection made for this checkout is
+    not pinged. A connection that is gone raises ``DisconnectionError``, SQLAlchemy's documented
+    way to have the pool discard it and take a fresh one; anything else (a server too slow to
+    answer within ``PG_PING_TIMEOUT_S``) propagates, and ``storage_errors`` reports the
+    database unavailable instead of the pool retrying a server that is not dead but stuck.
     """
+    if record.info.pop(_FRESH, False):
+        return
     try:
-        dbapi_connection.run_async(lambda driver: driver.execute("SELECT 1"))
-    except Exception as error:
+        dbapi_connection.run_async(
+            lambda driver: driver.execute("SELECT 1", timeout=PG_PING_TIMEOUT_S)
+        )
+    except TimeoutError:  # an OSError, but a stuck server, not a dead connection
+        raise
+    except _CONNECTION_GONE as error:
         raise sqlalchemy.exc.DisconnectionError(f"pooled connection is dead: {error!r}") from error
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,7 +113,9 @@ async def running_jiefen(
     overrides.setdefault("media_node_id", f"test-{uuid.uuid4().hex[:8]}")
     if overrides.get("role", "all") != "all":  # not embedded: the keys are configured
         overrides.setdefault("signing_key_file", platform_signing_key_file(data_dir))
-        overrides.setdefault("data_key", base64.b64encode(os.urandom(32)).decode())
+        # One key per data directory, as a deployment has one: two apps of one test share it.
+        digest = hashlib.sha256(f"jiefen-test-data-key:{data_dir}".encode()).digest()
+        overrides.setdefault("data_key", base64.b64encode(digest).decode())
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,

@@ -60,7 +60,15 @@ pytestmark = pytest.mark.services
 
 #: Renderers that fail as real ones do: an error exit with a message, and one that hangs.
 FAILING = (sys.executable, "-c", "import sys; sys.stderr.write('out of disk'); sys.exit(3)")
-HANGING = (sys.executable, "-c", "import time; time.sleep(60)")
+# A render that never ends, having begun its partial output (named, as the real one's, after
+# its process id) the way a long session's render would.
+HANGING = (
+    sys.executable,
+    "-c",
+    "import json, os, sys, time; out = json.load(open(sys.argv[1]))['output'];"
+    " d, n = os.path.split(out); open(os.path.join(d, f'.{n}.{os.getpid()}.partial'), 'wb');"
+    " time.sleep(60)",
+)
 
 
 @pytest.fixture
@@ -219,6 +227,8 @@ async def test_a_render_past_its_time_limit_archives_at_once(
     assert done.court_copy_missing == "the court copy render ran past its limit of 0.5 s"
     assert await _state(db, room_id) == "archived"
     assert verify_recording(done.directory, signing_key.public_key, room_id).ok
+    # The killed render's partial file (hidden, so verification ignores it) is gone too.
+    assert [p.name for p in done.directory.iterdir() if p.name.endswith(".partial")] == []
 
 
 async def test_runs_whose_worker_stopped_mid_render_count_and_a_later_run_archives(
@@ -424,3 +434,41 @@ async def test_the_command_renders_a_missing_court_copy_later(
     again = await asyncio.to_thread(_jiefen, tmp_path, pg_database_url, "room", "finalise", room_id)
     assert again.returncode == 0, again.stderr
     assert "was finalised before; nothing to do" in again.stdout
+
+
+async def test_only_one_run_finalises_a_room_at_a_time(
+    db: AsyncEngine, finaliser_with: Any, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    room_id = await ended_room(db, tmp_path / "recordings")
+    directory = tmp_path / "recordings" / room_id
+    finaliser = finaliser_with()
+    # Another run (a worker's job, or an operator's `jiefen room finalise`) holds the room.
+    await redis_client.set(finaliser.lock_key(room_id), "another-run", px=60_000)
+    with pytest.raises(RenderFailed, match="being finalised by another run"):
+        await finaliser.finalise(room_id, by_hand=True)
+    assert not (directory / MANIFEST_NAME).exists()  # it wrote nothing
+    assert await redis_client.get(finaliser.lock_key(room_id)) == b"another-run"  # not taken
+    await redis_client.delete(finaliser.lock_key(room_id))
+    done = await finaliser.finalise(room_id)
+    assert done.done_now and done.court_copy is not None
+    assert await redis_client.get(finaliser.lock_key(room_id)) is None  # released
+
+
+async def test_the_last_attempt_archives_and_drops_a_court_copy_never_recorded(
+    db: AsyncEngine, finaliser_with: Any, signing_key: SigningKey, tmp_path: Path
+) -> None:
+    room_id = await ended_room(db, tmp_path / "recordings")
+    directory = tmp_path / "recordings" / room_id
+    failing = finaliser_with(renderer=FAILING)
+    with pytest.raises(RenderFailed):
+        await failing.finalise(room_id)
+    # A run that died between putting the court copy in place and signing its record.
+    (directory / "court-copy.mp4").write_bytes(b"rendered, never recorded")
+    # The job's last attempt (the worker would bury it next) archives rather than raises,
+    # though fewer than RENDER_ATTEMPTS runs started the render.
+    done = await failing.finalise(room_id, last_chance=True)
+    assert done.done_now and done.court_copy is None and done.court_copy_missing
+    assert await _state(db, room_id) == "archived"
+    assert _court_copy_files(directory) == []
+    verification = verify_recording(directory, signing_key.public_key, room_id)
+    assert verification.ok, verification.problems  # no unlisted file: the evidence verifies

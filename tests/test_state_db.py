@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import threading
 from datetime import UTC, datetime
@@ -116,6 +118,25 @@ async def test_a_pooled_postgresql_connection_is_checked_with_one_statement(
         await asyncio.sleep(0.1)  # asyncpg calls query loggers from the loop, soon after
         # SQLAlchemy's own pre-ping sent BEGIN, ";" and ROLLBACK: three round trips.
         assert statements == ["SELECT 1"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_stuck_database_at_checkout_is_storage_unavailable(
+    pg_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate(pg_database_url)
+    monkeypatch.setattr("state.db.PG_PING_TIMEOUT_S", 0.5)
+    engine = create_engine(pg_database_url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as connection:
+            backend = (await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        os.kill(backend, signal.SIGSTOP)  # alive, but answers nothing: the pooled connection
+        try:
+            with pytest.raises(StorageUnavailable):
+                await media_store.get_media_blob(engine, "m-1")
+        finally:
+            os.kill(backend, signal.SIGCONT)
     finally:
         await engine.dispose()
 
