@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
@@ -43,14 +42,6 @@ PG_CONNECT_TIMEOUT_S = 10.0
 PG_COMMAND_TIMEOUT_S = 30.0
 #: How long the check of a pooled connection may take before the database counts as unavailable.
 PG_PING_TIMEOUT_S = 5.0
-#: What a pooled connection that the server or the network closed raises when used.
-_CONNECTION_GONE = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # terminated by an administrator, shutdown
-    asyncpg.exceptions.InterfaceError,  # "connection is closed"
-    ConnectionError,
-    OSError,
-)
 _FRESH = "jiefen_fresh"
 #: Key of the advisory lock that makes concurrent migrations of one PostgreSQL database wait.
 _MIGRATION_LOCK_KEY = 0x4A494546454E  # "JIEFEN"
@@ -101,10 +92,10 @@ def _ping_postgresql(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     What ``pool_pre_ping`` does, in one round trip instead of its three: SQLAlchemy's asyncpg
     ping wraps its ``;`` in BEGIN and ROLLBACK (for PgBouncer's transaction mode, which a lone
     simple-protocol statement suits as well). Like it, a connection made for this checkout is
-    not pinged. A connection that is gone raises ``DisconnectionError``, SQLAlchemy's documented
-    way to have the pool discard it and take a fresh one; anything else (a server too slow to
-    answer within ``PG_PING_TIMEOUT_S``) propagates, and ``storage_errors`` reports the
-    database unavailable instead of the pool retrying a server that is not dead but stuck.
+    not pinged. A failed ping raises ``DisconnectionError``, SQLAlchemy's documented way to have
+    the pool discard the connection and take a fresh one; except a server too slow to answer
+    within ``PG_PING_TIMEOUT_S``: that propagates, and ``storage_errors`` reports the database
+    unavailable instead of the pool retrying a server that is not dead but stuck.
     """
     if record.info.pop(_FRESH, False):
         return
@@ -112,9 +103,12 @@ def _ping_postgresql(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         dbapi_connection.run_async(
             lambda driver: driver.execute("SELECT 1", timeout=PG_PING_TIMEOUT_S)
         )
-    except TimeoutError:  # an OSError, but a stuck server, not a dead connection
+    except TimeoutError:  # a stuck server, not a dead connection
         raise
-    except _CONNECTION_GONE as error:
+    except Exception as error:
+        # Whatever a dead connection raises (asyncpg has several: "connection is closed", a
+        # protocol left mid-operation by the server's goodbye, ...): replace it. The fresh one
+        # is not pinged, so a database that is down shows up on connecting, as unavailable.
         raise sqlalchemy.exc.DisconnectionError(f"pooled connection is dead: {error!r}") from error
 
 
