@@ -34,11 +34,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import LockNotOwnedError
@@ -78,6 +78,8 @@ from state.room_store import RoomRecord
 from state.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 JOB_FINALISE_RECORDING = "recording.finalise"
 #: Progress is kept this long after the job (seconds), for whoever looks at the room.
@@ -226,42 +228,21 @@ class RecordingFinaliser:
     async def run_job(self, job: Job, jobs: JobQueue) -> bool:
         """The queue's handler: finalise while a heartbeat renews the lease (every
         ``KEEP_ALIVE_EVERY_S``); the work stops the moment the job is another worker's."""
-        work = asyncio.ensure_future(
-            self.finalise(
-                str(job.payload["room_id"]),
-                keep_alive=lambda: jobs.extend(job),
-                last_chance=job.attempts >= self._job_attempts,
-            )
+        finalising = self.finalise(
+            str(job.payload["room_id"]),
+            keep_alive=lambda: jobs.extend(job),
+            last_chance=job.attempts >= self._job_attempts,
         )
-        lost = False
-
-        async def heartbeat() -> None:
-            nonlocal lost
-            while not work.done():
-                await asyncio.sleep(KEEP_ALIVE_EVERY_S)
-                try:
-                    still_ours = await jobs.extend(job)
-                except Exception:
-                    log.warning("finalising %s: lease renewal failed; retrying", job.payload)
-                    continue
-                if not still_ours:
-                    lost = True
-                    work.cancel()
-                    return
-
-        beat = asyncio.create_task(heartbeat())
         try:
-            await work
-        except asyncio.CancelledError:
-            if not lost:
-                raise
+            await _while_renewed(
+                finalising,
+                lambda: jobs.extend(job),
+                every_s=KEEP_ALIVE_EVERY_S,
+                what=f"finalising {job.payload}: the job's lease",
+            )
+        except (_RenewalLost, LeaseLost):
             log.warning("finalising %s: another worker took the job over", job.payload)
             return True  # not ours to settle any more
-        except LeaseLost:
-            log.warning("finalising %s: another worker took the job over", job.payload)
-            return True
-        finally:
-            beat.cancel()
         return False
 
     async def finalise(
@@ -293,38 +274,27 @@ class RecordingFinaliser:
                 f"room {room_id} is being finalised by another run (a worker's job or "
                 "`jiefen room finalise`); try again once it is done"
             )
-        work = asyncio.ensure_future(
-            self._finalise(room_id, keep_alive, on_progress, by_hand, last_chance)
-        )
-        lost_lock = False
 
-        async def keep_locked() -> None:
-            nonlocal lost_lock
-            while True:
-                await asyncio.sleep(FINALISE_LOCK_S / 3)
-                try:
-                    await lock.reacquire()
-                except LockNotOwnedError:
-                    lost_lock = True
-                    work.cancel()
-                    return
-                except Exception:  # Redis unreachable for a moment: the TTL still runs
-                    log.warning("room %s: could not renew the finalisation lock", room_id)
+        async def still_locked() -> bool:
+            try:
+                await lock.reacquire()  # the TTL starts again
+            except LockNotOwnedError:
+                return False
+            return True
 
-        renewer = asyncio.create_task(keep_locked())
         try:
-            return await work
-        except asyncio.CancelledError:
-            if not lost_lock:
-                raise
+            return await _while_renewed(
+                self._finalise(room_id, keep_alive, on_progress, by_hand, last_chance),
+                still_locked,
+                every_s=FINALISE_LOCK_S / 3,
+                what=f"room {room_id}: the finalisation lock",
+            )
+        except _RenewalLost:
             raise RenderFailed(
                 f"room {room_id}: this run lost its finalisation lock (stalled for over "
                 f"{FINALISE_LOCK_S:.0f} s) and stopped, so that two runs never write at once"
             ) from None
         finally:
-            renewer.cancel()
-            if not work.done():
-                work.cancel()
             with contextlib.suppress(Exception):
                 await lock.release()
 
@@ -565,6 +535,53 @@ class RecordingFinaliser:
             )
         if on_progress is not None:
             on_progress("archived", 1.0)
+
+
+class _RenewalLost(Exception):
+    """What :func:`_while_renewed` was renewing is another run's now."""
+
+
+async def _while_renewed(
+    work: Coroutine[Any, Any, T],
+    renew: Callable[[], Awaitable[bool]],
+    *,
+    every_s: float,
+    what: str,
+) -> T:
+    """Run ``work`` while ``renew()`` keeps what it holds (a lease, a lock) every ``every_s``.
+
+    A renewal that answers False cancels the work and raises :class:`_RenewalLost`; one that
+    fails (Redis unreachable for a moment) is logged and tried again at the next beat, while
+    what it holds still has its TTL to run.
+    """
+    task = asyncio.ensure_future(work)
+    lost = False
+
+    async def beat() -> None:
+        nonlocal lost
+        while not task.done():
+            await asyncio.sleep(every_s)
+            try:
+                held = await renew()
+            except Exception:
+                log.warning("%s: renewal failed; retrying", what)
+                continue
+            if not held:
+                lost = True
+                task.cancel()
+                return
+
+    beating = asyncio.create_task(beat())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not lost:
+            raise
+        raise _RenewalLost(what) from None
+    finally:
+        beating.cancel()
+        if not task.done():
+            task.cancel()
 
 
 def _live_since(record: RoomRecord, timeline: list[dict[str, Any]]) -> float | None:

@@ -14,7 +14,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,9 @@ from mediation_rooms.manifest import (
 )
 from state import room_store
 from state.blob_store import LocalBlobStore
-from state.db import create_engine, migrate
 from state.job_queue import JobQueue
 from state.signing_key import SigningKey, load_or_create_signing_key
+from tests import test_recording_finalise
 from tests.test_recording_finalise import NOW, ended_room
 
 pytestmark = pytest.mark.services
@@ -71,17 +70,9 @@ HANGING = (
 )
 
 
-@pytest.fixture
-async def db(pg_database_url: str) -> AsyncIterator[AsyncEngine]:
-    migrate(pg_database_url)
-    engine = create_engine(pg_database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def signing_key() -> SigningKey:
-    return SigningKey(Ed25519PrivateKey.generate())
+# The rooms and the key of the finalisation tests (PostgreSQL, a fresh Ed25519 key).
+db = test_recording_finalise.db
+signing_key = test_recording_finalise.signing_key
 
 
 @pytest.fixture
