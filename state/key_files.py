@@ -9,6 +9,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from config.settings import Settings
 from jiefen.errors import ConfigurationError
 
 
@@ -56,3 +57,33 @@ def read_private_key_file(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise ConfigurationError(f"cannot read {what} {path}: {error.strerror}") from error
+
+
+def key_not_configured(
+    settings: Settings,
+    *,
+    setting: str,
+    key: str,
+    deployment: str,
+    set_to: str,
+    made_here: Path,
+    if_made_here: str,
+) -> ConfigurationError:
+    """The refusal for a process outside the embedded mode whose ``setting`` (``key``) is unset.
+
+    Only the embedded ``jiefen serve`` makes its own keys: the processes of a deployment run on
+    several hosts and must share each key (``deployment`` says why, ``set_to`` what to set).
+    A key file an embedded run left in ``made_here`` is pointed out, never used.
+    """
+    hint = (
+        f" ({made_here} exists here, made by an earlier version or by an embedded `jiefen serve`:"
+        f" {if_made_here})"
+        if made_here.exists()
+        else ""
+    )
+    shared = ", shared Redis" if settings.redis_url else ""
+    return ConfigurationError(
+        f"{setting} is not set. Only the embedded `jiefen serve` makes its own {key}; this "
+        f"process (role {settings.role}{shared}) is part of a deployment {deployment}: set "
+        f"{set_to}, the same on every host{hint}"
+    )

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cases.id_number import is_valid_id_number, mask_id_number
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
-from state.key_files import create_key_file_once, read_private_key_file
+from state.key_files import create_key_file_once, key_not_configured, read_private_key_file
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -131,18 +131,15 @@ def load_or_create_data_key(settings: Settings, *, embedded: bool | None = None)
         return _decode_key(settings.data_key, "JIEFEN_DATA_KEY")
     path = settings.data_dir / "keys" / "data.key"
     if not (settings.embedded if embedded is None else embedded):
-        hint = (
-            f" ({path} exists here, made by an earlier version or by an embedded `jiefen serve`:"
-            " its content is the key to use if this deployment's data was sealed with it)"
-            if path.exists()
-            else ""
-        )
-        raise ConfigurationError(
-            "JIEFEN_DATA_KEY is not set. Only the embedded `jiefen serve` makes its own data "
-            f"key; this process (role {settings.role}"
-            f"{', shared Redis' if settings.redis_url else ''}) is part of a deployment whose "
-            "processes must all use one key: set JIEFEN_DATA_KEY (32 bytes, base64) to the same "
-            f"value on every host{hint}"
+        raise key_not_configured(
+            settings,
+            setting="JIEFEN_DATA_KEY",
+            key="data key",
+            deployment="whose processes must all use one key",
+            set_to="JIEFEN_DATA_KEY (32 bytes, base64) to one value",
+            made_here=path,
+            if_made_here="its content is the key to use if this deployment's data was sealed "
+            "with it",
         )
     if not path.exists():
         _create_key_file(path)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
-from state.key_files import create_key_file_once, read_private_key_file
+from state.key_files import create_key_file_once, key_not_configured, read_private_key_file
 
 
 def key_id_of(public_key: Ed25519PublicKey) -> str:
@@ -90,19 +90,16 @@ def signing_key_path(settings: Settings, *, embedded: bool | None = None) -> Pat
     default = settings.data_dir / "keys" / DEFAULT_KEY_NAME
     if settings.embedded if embedded is None else embedded:
         return default
-    hint = (
-        f" ({default} exists here, made by an earlier version or by an embedded `jiefen serve`:"
-        " point JIEFEN_SIGNING_KEY_FILE at it only if that is the key the courts were given)"
-        if default.exists()
-        else ""
-    )
-    raise ConfigurationError(
-        "JIEFEN_SIGNING_KEY_FILE is not set. Only the embedded `jiefen serve` makes its own "
-        f"signing key; this process (role {settings.role}"
-        f"{', shared Redis' if settings.redis_url else ''}) is part of a deployment whose "
-        "recordings must all be signed with the platform's one key, whose public half the "
-        "courts hold: set JIEFEN_SIGNING_KEY_FILE to that Ed25519 PEM file (mode 0600), the "
-        f"same on every host{hint}"
+    raise key_not_configured(
+        settings,
+        setting="JIEFEN_SIGNING_KEY_FILE",
+        key="signing key",
+        deployment="whose recordings must all be signed with the platform's one key, whose "
+        "public half the courts hold",
+        set_to="JIEFEN_SIGNING_KEY_FILE to that Ed25519 PEM file (mode 0600)",
+        made_here=default,
+        if_made_here="point JIEFEN_SIGNING_KEY_FILE at it only if that is the key the courts "
+        "were given",
     )
 
 
