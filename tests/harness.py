@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,6 +85,12 @@ def platform_signing_key_file(directory: Path) -> Path:
     )
     create_key_file_once(path, pem)
     return path
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any JIEFEN_* setting: for a subprocess given exactly
+    the settings its test names, whatever the shell running the tests has set."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], *, wait_s: float = 10.0) -> T:

@@ -8,11 +8,12 @@ depend on the machine and its load, so they are reported by the command, not ass
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.harness import clean_environment
 
 SEATS = {"mediator", "applicant", "respondent"}
 COMMAND = ["-m", "jiefen.cli", "bench", "rooms", "--rooms", "1", "--seconds", "3", "--json"]
@@ -20,7 +21,7 @@ COMMAND = ["-m", "jiefen.cli", "bench", "rooms", "--rooms", "1", "--seconds", "3
 
 @pytest.mark.timeout(120)
 def test_one_room_reports_every_figure() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
+    env = clean_environment()
     run = subprocess.run(
         [sys.executable, *COMMAND],
         env=env,

@@ -19,14 +19,9 @@ import redis.asyncio as aioredis
 
 from bot.bench_webhook import free_port, intake_script
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
-from tests.harness import eventually, platform_signing_key_file
+from tests.harness import clean_environment, eventually, platform_signing_key_file
 
 JIEFEN = [sys.executable, "-m", "jiefen.cli"]
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment of a newcomer: no JIEFEN_ settings at all."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
 
 
 def _wait_healthy(url: str, exited: Callable[[], bool]) -> None:
@@ -48,7 +43,7 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
     server = subprocess.Popen(
         [*JIEFEN, "serve", "--port", str(port)],
         cwd=tmp_path,
-        env=_clean_env(),
+        env=clean_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -60,7 +55,7 @@ def test_serve_on_embedded_defaults_and_chat_files_a_case(tmp_path: Path) -> Non
         chat = subprocess.run(
             [*JIEFEN, "chat", "--url", url],
             cwd=tmp_path,
-            env=_clean_env(),
+            env=clean_environment(),
             input="\n".join(lines) + "\n",
             capture_output=True,
             text=True,
@@ -122,7 +117,7 @@ async def _join_as(url: str, token: str) -> dict[str, object]:
 
 def _run(cwd: Path, command: list[str]) -> str:
     result = subprocess.run(
-        command, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=60
+        command, cwd=cwd, env=clean_environment(), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -130,7 +125,7 @@ def _run(cwd: Path, command: list[str]) -> str:
 
 async def test_the_webhook_benchmark_runs_and_reports(redis_client: aioredis.Redis) -> None:
     env = dict(
-        _clean_env(),
+        clean_environment(),
         JIEFEN_BENCH_REDIS_URL=REDIS_URL,
         JIEFEN_BENCH_DATABASE_URL=DATABASE_ADMIN_URL,
     )
@@ -162,7 +157,7 @@ async def test_web_and_worker_processes_share_the_work(
 
     async with running_fake_wechat_api() as (fake, fake_url):
         env = dict(
-            _clean_env(),
+            clean_environment(),
             JIEFEN_DATABASE_URL=pg_database_url,
             JIEFEN_REDIS_URL=REDIS_URL,
             JIEFEN_REDIS_PREFIX=redis_prefix,
@@ -205,7 +200,7 @@ def test_roles_that_share_work_refuse_to_start_without_a_shared_redis(tmp_path: 
     for role in ("web", "media"):
         result = subprocess.run(
             [*JIEFEN, "serve", "--role", role],
-            env=dict(_clean_env(), JIEFEN_DATA_DIR=str(tmp_path)),
+            env=dict(clean_environment(), JIEFEN_DATA_DIR=str(tmp_path)),
             capture_output=True,
             text=True,
             timeout=60,
@@ -215,7 +210,7 @@ def test_roles_that_share_work_refuse_to_start_without_a_shared_redis(tmp_path: 
     # A media process must know where the join page is (the links it writes).
     result = subprocess.run(
         [*JIEFEN, "serve", "--role", "media"],
-        env=dict(_clean_env(), JIEFEN_DATA_DIR=str(tmp_path), JIEFEN_REDIS_URL=REDIS_URL),
+        env=dict(clean_environment(), JIEFEN_DATA_DIR=str(tmp_path), JIEFEN_REDIS_URL=REDIS_URL),
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from bot.bench_webhook import free_port, wait_until_healthy
 from state import room_store
 from state.db import create_engine
 from tests.conftest import REDIS_URL
-from tests.harness import ADMIN_TOKEN
+from tests.harness import ADMIN_TOKEN, clean_environment
 from tests.test_room_signalling import Client, frames, token_of, wait_frames
 from tests.test_state_case_store import ID_NUMBER, file_case
 
@@ -34,7 +33,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
     pg_database_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
+    env = clean_environment()
     env.update(
         JIEFEN_DATABASE_URL=pg_database_url,
         JIEFEN_REDIS_URL=REDIS_URL,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from mediation_rooms.manifest import verify_recording
 from mediation_rooms.signalling import CLOSE_MOVED
 from state.signing_key import load_or_create_signing_key
 from tests.conftest import REDIS_URL
-from tests.harness import ADMIN_TOKEN, RunningJiefen, running_jiefen
+from tests.harness import ADMIN_TOKEN, RunningJiefen, clean_environment, running_jiefen
 from tests.test_room_signalling import (
     RESPONDENT_PHONE,
     Client,
@@ -71,7 +70,7 @@ async def web(pg_database_url: str, redis_prefix: str, tmp_path: Path) -> AsyncI
 async def media_processes(
     web: RunningJiefen, pg_database_url: str, redis_prefix: str, tmp_path: Path
 ) -> AsyncIterator[dict[str, MediaProcess]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
+    env = clean_environment()
     env.update(
         JIEFEN_DATABASE_URL=pg_database_url,
         JIEFEN_REDIS_URL=REDIS_URL,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from bot.bench_webhook import free_port
 from mediation_rooms.node_heartbeat import NodeHeartbeat
 from mediation_rooms.placement import MediaNode, MediaPlacement
 from tests.conftest import REDIS_URL
+from tests.harness import clean_environment
 
 pytestmark = pytest.mark.services
 
@@ -39,7 +39,7 @@ async def test_a_media_process_under_a_running_ones_node_id_refuses_to_start(
     await heartbeat.start()  # renewed every HEARTBEAT_S, as a running process's node is
     try:
         assert await placement.claim("room-1", "media-1") is None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
+        env = clean_environment()
         env.update(
             JIEFEN_DATABASE_URL=pg_database_url,
             JIEFEN_REDIS_URL=REDIS_URL,

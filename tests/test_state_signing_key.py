@@ -17,7 +17,7 @@ from jiefen.errors import ConfigurationError
 from state.key_files import read_private_key_file
 from state.signing_key import load_or_create_signing_key, signing_key_path
 from tests.conftest import REDIS_URL
-from tests.harness import platform_signing_key_file
+from tests.harness import clean_environment, platform_signing_key_file
 
 
 def test_the_embedded_mode_makes_its_key_once_privately(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_owner_only_modes_are_accepted(tmp_path: Path) -> None:
 
 
 def _jiefen(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("JIEFEN_")}
+    base = clean_environment()
     return subprocess.run(
         [sys.executable, "-m", "jiefen.cli", *args],
         capture_output=True,
