@@ -195,9 +195,17 @@ class Settings(BaseSettings):
         made per host. Several ``--role all`` processes sharing one Redis on one machine (the
         webhook benchmark) share their ``data_dir`` and stay embedded. A command run from a
         shell (``jiefen room finalise``) has role ``all`` unless ``JIEFEN_ROLE`` says otherwise;
-        such commands also treat a shared Redis as a deployment (``state.signing_key``).
+        such commands also treat a shared Redis as a deployment (:attr:`command_embedded`).
         """
         return self.role == "all"
+
+    @property
+    def command_embedded(self) -> bool:
+        """Whether a command run from a shell (``jiefen room finalise``, ``room open``,
+        ``signing-key``) acts on an embedded installation: role ``all`` (a shell seldom sets
+        ``JIEFEN_ROLE``) and the in-process Redis stand-in. A shell pointed at a shared Redis
+        acts on a deployment of several processes, whose configured keys it must use too."""
+        return self.embedded and not self.redis_url
 
     @property
     def serves_web(self) -> bool:

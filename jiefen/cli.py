@@ -290,11 +290,11 @@ def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
     from mediation_rooms.finalise import RenderFailed
     from state.db import create_engine, migrate
     from state.redis_connection import connect_redis
-    from state.signing_key import command_is_embedded, signing_key_path
+    from state.signing_key import signing_key_path
 
     try:
         # Before anything is opened: outside the embedded mode only the configured key signs.
-        signing_key_path(settings, embedded=command_is_embedded(settings))
+        signing_key_path(settings, embedded=settings.command_embedded)
     except ConfigurationError as error:
         print(f"cannot finalise: {error}", file=sys.stderr)
         return 2
@@ -343,7 +343,6 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.errors import ConfigurationError
     from mediation_rooms.manifest import verify_recording
     from state.signing_key import (
-        command_is_embedded,
         load_signing_key,
         public_key_from_pem,
         signing_key_path,
@@ -357,7 +356,7 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
             return 2
     else:
         try:
-            path = signing_key_path(settings, embedded=command_is_embedded(settings))
+            path = signing_key_path(settings, embedded=settings.command_embedded)
             if not path.exists():
                 print("no signing key on this machine: pass --public-key PEM", file=sys.stderr)
                 return 2
@@ -394,10 +393,10 @@ def _room_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 def _room_signing_key(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.errors import ConfigurationError
-    from state.signing_key import command_is_embedded, load_or_create_signing_key
+    from state.signing_key import load_or_create_signing_key
 
     try:
-        key = load_or_create_signing_key(settings, embedded=command_is_embedded(settings))
+        key = load_or_create_signing_key(settings, embedded=settings.command_embedded)
     except ConfigurationError as error:
         print(error, file=sys.stderr)
         return 2
@@ -418,7 +417,6 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
     from state.personal_data import PersonalDataProtector, load_or_create_data_key
     from state.redis_connection import connect_redis
     from state.room_store import UnknownCase
-    from state.signing_key import command_is_embedded
 
     now = datetime.now(UTC)
     try:
@@ -441,7 +439,7 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
     async def open_room() -> int:
         engine = create_engine(settings.resolved_database_url)
         redis = connect_redis(settings)
-        key = load_or_create_data_key(settings, embedded=command_is_embedded(settings))
+        key = load_or_create_data_key(settings, embedded=settings.command_embedded)
         try:
             service = RoomService.from_settings(
                 settings,

@@ -9,7 +9,7 @@ the embedded mode (``Settings.embedded``: one ``jiefen serve`` doing everything)
 ``data_dir/keys/signing-ed25519.pem``, made on first use. Any other process refuses to start
 without the setting rather than make a key of its own: two worker hosts would otherwise sign
 with two keys, one of which the courts were never given. Commands run from a shell pass
-``embedded=`` themselves (:func:`command_is_embedded`). Either way the file must be mode 0600
+``embedded=`` themselves (``Settings.command_embedded``). Either way the file must be mode 0600
 or stricter (``state.key_files``).
 """
 
@@ -72,14 +72,6 @@ class SigningKey:
 
 
 DEFAULT_KEY_NAME = "signing-ed25519.pem"
-
-
-def command_is_embedded(settings: Settings) -> bool:
-    """Whether a command run from a shell (``jiefen room finalise``, ``signing-key``) acts on
-    an embedded installation: role ``all`` (a shell seldom sets ``JIEFEN_ROLE``) and the
-    in-process Redis stand-in. A shell pointed at a shared Redis acts on a deployment of several
-    processes whose workers sign with the configured key: it must use that key too."""
-    return settings.embedded and not settings.redis_url
 
 
 def signing_key_path(settings: Settings, *, embedded: bool | None = None) -> Path:
