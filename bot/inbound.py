@@ -11,17 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import xmltodict
-from wechatpy import parse_message
 from wechatpy.crypto import PrpCrypto
-from wechatpy.replies import TextReply
 
+from bot.wechat_xml import read_push_xml
 from cases.draft import EvidenceKind
 from config.settings import Settings
 from flows import events
@@ -94,25 +93,23 @@ class WebhookCodec:
         if self.crypto_mode == "plain" and encrypted:
             raise MalformedMessage("encrypted push but the account is in plaintext mode")
         xml = self._decrypt(params, body) if encrypted else body
-        try:
-            message = parse_message(xml)
-            return _to_inbound(message, encrypted=encrypted)
-        except MalformedMessage:
-            raise
-        except Exception as error:  # wechatpy/xmltodict/expat raise many types on bad XML
-            raise MalformedMessage(f"unparseable push: {type(error).__name__}") from error
+        return _to_inbound(read_push_xml(xml), encrypted=encrypted)
 
     def encode_reply(
         self, inbound: InboundMessage, text: str, *, nonce: str, timestamp: int | None = None
     ) -> str:
         """Render a passive text reply to ``inbound`` (encrypted if the push was)."""
-        reply = TextReply(source=inbound.account, target=inbound.openid, content=escape_cdata(text))
-        xml: str = reply.render()
+        stamp = str(timestamp or int(time.time()))
+        xml = _TEXT_REPLY.format(
+            to=escape_cdata(inbound.openid),
+            account=escape_cdata(inbound.account),
+            stamp=stamp,
+            content=escape_cdata(text),
+        )
         if not inbound.encrypted:
             return xml
         if self._cipher is None:
             raise MalformedMessage("an encrypted reply needs an EncodingAESKey")
-        stamp = str(timestamp or int(time.time()))
         encrypt = self._cipher.encrypt(xml, self.appid).decode()
         return _ENCRYPTED_REPLY.format(
             encrypt=encrypt,
@@ -137,12 +134,7 @@ class WebhookCodec:
     def _decrypt(self, params: Mapping[str, str], body: bytes) -> str:
         if self._cipher is None:
             raise MalformedMessage("encrypted push but no EncodingAESKey is configured")
-        try:
-            # xmltodict never expands entities (disable_entities, its default; recent versions
-            # refuse the document), so XXE and entity bombs come to nothing.
-            encrypt = xmltodict.parse(body)["xml"]["Encrypt"]
-        except Exception as error:  # bad XML, no <Encrypt>: expat and xmltodict raise many types
-            raise MalformedMessage(f"unparseable push: {type(error).__name__}") from error
+        encrypt = read_push_xml(body).get("Encrypt")
         if not isinstance(encrypt, str):
             raise MalformedMessage("push without a usable Encrypt element")
         signature = _sign(self.token, params["timestamp"], params.get("nonce", ""), encrypt)
@@ -177,6 +169,12 @@ def _sign(token: str, timestamp: str, nonce: str, *more: str) -> str:
     return hashlib.sha1("".join(sorted((token, timestamp, nonce, *more))).encode()).hexdigest()
 
 
+# The passive text reply, as wechatpy's TextReply renders it (fields in its order).
+_TEXT_REPLY = (
+    "<xml>\n<MsgType><![CDATA[text]]></MsgType>\n<Content><![CDATA[{content}]]></Content>\n"
+    "<FromUserName><![CDATA[{account}]]></FromUserName>\n"
+    "<ToUserName><![CDATA[{to}]]></ToUserName>\n<CreateTime>{stamp}</CreateTime>\n</xml>"
+)
 _ENCRYPTED_REPLY = (
     "<xml>\n<Encrypt><![CDATA[{encrypt}]]></Encrypt>\n"
     "<MsgSignature><![CDATA[{signature}]]></MsgSignature>\n"
@@ -202,21 +200,24 @@ _TRANSCRIPT_LABELS = {
 }
 
 
-def _to_inbound(message: Any, *, encrypted: bool) -> InboundMessage:
-    msg_type = str(getattr(message, "type", "") or "unknown").lower()
-    account = str(getattr(message, "target", "") or "")
-    openid = str(getattr(message, "source", "") or "")
-    if not openid or not account:
-        raise MalformedMessage("push without FromUserName/ToUserName")
+def _to_inbound(fields: Mapping[str, Any], *, encrypted: bool) -> InboundMessage:
+    msg_type = _field(fields, "MsgType").lower()
+    account = _field(fields, "ToUserName")
+    openid = _field(fields, "FromUserName")
+    if not openid or not account or not msg_type:
+        raise MalformedMessage("push without FromUserName/ToUserName/MsgType")
     try:
-        created_at = int(message.create_time.timestamp())
-    except (AttributeError, TypeError, ValueError, OverflowError, OSError):
+        created_at = int(_field(fields, "CreateTime"))
+    except ValueError:
         raise MalformedMessage("push without a valid CreateTime") from None
-    event, transcript_text = _to_event(message, msg_type)
+    if not 0 <= created_at < 2**32:
+        raise MalformedMessage(f"push with an impossible CreateTime {created_at}")
+    event, transcript_text = _to_event(fields, msg_type)
     if msg_type == "event":
-        message_key = f"event:{openid}:{created_at}:{getattr(message, 'event', '')}"
+        name = _field(fields, "Event").lower()
+        message_key = f"event:{openid}:{created_at}:{name}"
     else:
-        msg_id = getattr(message, "id", None)
+        msg_id = _field(fields, "MsgId")
         message_key = f"msg:{msg_id}" if msg_id else f"msg:{openid}:{created_at}:{msg_type}"
     return InboundMessage(
         account=account,
@@ -230,29 +231,41 @@ def _to_inbound(message: Any, *, encrypted: bool) -> InboundMessage:
     )
 
 
-def _to_event(message: Any, msg_type: str) -> tuple[events.Event, str]:
+def _field(fields: Mapping[str, Any], name: str) -> str:
+    """A text field of the push ('' when absent or empty); a nested one is malformed here."""
+    value = fields.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedMessage(f"push field {name} is not text")
+    return value
+
+
+def _to_event(fields: Mapping[str, Any], msg_type: str) -> tuple[events.Event, str]:
     if msg_type == "text":
-        content = str(message.content or "")
+        content = _field(fields, "Content")
         return events.Text(content), content
     if msg_type == "voice":
-        recognition = (message.recognition or "").strip() or None
+        recognition = _field(fields, "Recognition") or None
         label = f"[语音] {recognition}" if recognition else "[语音]"
-        return events.Voice(str(message.media_id), recognition), label
+        return events.Voice(_field(fields, "MediaId"), recognition), label
     if msg_type in _MEDIA_KINDS:
-        return events.Media(str(message.media_id), _MEDIA_KINDS[msg_type]), _TRANSCRIPT_LABELS[
-            msg_type
-        ]
+        media = events.Media(_field(fields, "MediaId"), _MEDIA_KINDS[msg_type])
+        return media, _TRANSCRIPT_LABELS[msg_type]
     if msg_type == "location":
         try:
-            latitude = float(message.location_x)
-            longitude = float(message.location_y)
-        except (TypeError, ValueError):
+            latitude = float(_field(fields, "Location_X"))
+            longitude = float(_field(fields, "Location_Y"))
+        except ValueError:
             raise MalformedMessage("location without coordinates") from None
-        label = str(message.label or "").strip() or f"{latitude:.5f},{longitude:.5f}"
+        if not (math.isfinite(latitude) and math.isfinite(longitude)):
+            raise MalformedMessage("location with coordinates that are not numbers")
+        label = _field(fields, "Label") or f"{latitude:.5f},{longitude:.5f}"
         return events.Location(label, latitude, longitude), f"[位置] {label}"
     if msg_type == "event":
-        name = str(getattr(message, "event", "") or "").lower()
-        if name in ("subscribe", "subscribe_scan"):
+        # Following by scanning a QR code (EventKey "qrscene_…") is still a follow.
+        name = _field(fields, "Event").lower()
+        if name == "subscribe":
             return events.Subscribe(), "[关注]"
         if name == "unsubscribe":
             return events.Unsubscribe(), "[取消关注]"
