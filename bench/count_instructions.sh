@@ -9,6 +9,7 @@
 # residents (default 20, i.e. 320 messages, 4 at a time) through the whole intake with
 # `jiefen bench webhook --url`, and divides the server's instructions by the messages.
 # CODE_DIR (default: this checkout) lets you compare another checkout, e.g. a git worktree.
+# KEEP_CALLGRIND=FILE keeps the profile for callgrind_annotate (where the instructions go).
 # Needs valgrind (Debian package `valgrind`), the local Redis and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,4 +50,5 @@ messages=$(.venv/bin/jiefen bench webhook --url "http://127.0.0.1:$port" --users
 callgrind_control -d "$server" >/dev/null
 sleep 1
 total=$(grep -h '^totals:' "$work"/callgrind.out.* | awk '{s += $2} END {print s}')
+if [[ -n "${KEEP_CALLGRIND:-}" ]]; then cp "$(ls -t "$work"/callgrind.out.* | head -1)" "$KEEP_CALLGRIND"; fi
 python3 -c "print(f'messages {$messages}  instructions {$total}  per message {$total / $messages / 1e6:.2f} M')"

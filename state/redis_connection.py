@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from config.settings import Settings
@@ -102,6 +102,7 @@ class ScriptLane:
         #: The bound on one call, connecting included: the client's socket timeout, applied as
         #: one timer (redis-py applies it as a task for the send, then a timer for the read).
         self._timeout_s: float | None = pool.connection_kwargs.get("socket_timeout")
+        self._encoding: str = pool.connection_kwargs.get("encoding", "utf-8")
 
     @classmethod
     def of(cls, redis: aioredis.Redis) -> ScriptLane:
@@ -117,7 +118,7 @@ class ScriptLane:
             connection = await self._take()
             try:
                 await connection.send_packed_command(
-                    connection.pack_command(*command), check_health=False
+                    pack_command(command, self._encoding), check_health=False
                 )
                 reply = await connection.read_response()
             except ResponseError:
@@ -150,6 +151,35 @@ class ScriptLane:
             return
         connection.socket_timeout = self._timeout_s
         await self._pool.release(connection)
+
+
+def pack_command(command: Sequence[EncodableT], encoding: str = "utf-8") -> bytes:
+    """``command`` in Redis's wire format (an array of bulk strings), as one buffer.
+
+    Encodes arguments as redis-py's ``Connection.pack_command`` does (text in ``encoding``,
+    numbers by ``repr``, ``bool`` and other types refused with ``DataError``), at a third of its
+    cost: the scripts' arguments are few and small, so none of its chunking is needed.
+    """
+    parts = [b"*%d\r\n" % len(command)]
+    data: bytes
+    for argument in command:
+        kind = type(argument)
+        if kind is str:
+            data = argument.encode(encoding)  # type: ignore[union-attr]
+        elif kind is bytes:
+            data = argument  # type: ignore[assignment]
+        elif kind is int or kind is float:
+            data = repr(argument).encode()
+        elif isinstance(argument, (bytes, bytearray, memoryview)):
+            data = bytes(argument)
+        elif isinstance(argument, str):
+            data = argument.encode(encoding)
+        elif isinstance(argument, (int, float)) and not isinstance(argument, bool):
+            data = repr(argument).encode()
+        else:
+            raise DataError(f"Invalid input of type: {type(argument).__name__!r}")
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
 
 
 def as_text(value: bytes | str) -> str:

@@ -4,13 +4,52 @@ flush, and the connections close with their client."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError, ResponseError
 
-from state.redis_connection import LuaScript, ScriptLane
+from state.redis_connection import LuaScript, ScriptLane, pack_command
 from tests.conftest import REDIS_URL
+
+
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
+    reference = Connection()
+    arguments: list[Any] = [
+        "EVALSHA",
+        "a" * 40,
+        2,
+        "k:张三",
+        b"\x00\r\n",
+        0,
+        -7,
+        2**70,
+        1.5,
+        -0.25,
+        "",
+    ]
+    commands: list[list[Any]] = [arguments, ["GET", "x"], ["PING"], ["SET", "k", bytearray(b"v")]]
+    for command in commands:
+        assert pack_command(command) == b"".join(reference.pack_command(*command))
+    for bad in (True, None, object(), [1]):
+        with pytest.raises(DataError):
+            pack_command(["SET", "k", bad])  # type: ignore[list-item]
+
+
+async def test_every_kind_of_argument_reaches_redis_intact(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    lane = ScriptLane.of(redis_client)
+    for value, stored in (
+        ("调解 ]]>", "调解 ]]>".encode()),
+        (b"\x00\xff\r\n", b"\x00\xff\r\n"),
+        (-42, b"-42"),
+        (0.125, b"0.125"),
+    ):
+        await lane.execute(("SET", f"{redis_prefix}kind", value))
+        assert await redis_client.get(f"{redis_prefix}kind") == stored
 
 
 async def test_a_command_cut_short_never_hands_its_reply_to_the_next_caller(
