@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import orjson
 
 from bot.inbound import InboundMessage
 from bot.outbox import Outbox
@@ -100,11 +101,9 @@ class StoredConversation:
     new_lines: list[dict[str, str]] = field(default_factory=list)
 
     def dump(self) -> str:
-        return json.dumps(
-            {"v": 2, "flow": self.flow_state.to_dict(), "began": self.began},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        return orjson.dumps(
+            {"v": 2, "flow": self.flow_state.to_dict(), "began": self.began}
+        ).decode()
 
     @classmethod
     def load(cls, raw: str) -> StoredConversation:
@@ -112,7 +111,7 @@ class StoredConversation:
         if not raw:
             return cls(ConversationState.initial())
         try:
-            data = json.loads(raw)
+            data = orjson.loads(raw)
             return cls(ConversationState.from_dict(data["flow"]), str(data.get("began") or ""))
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("unreadable stored conversation; starting afresh")
@@ -243,7 +242,7 @@ class ConversationService:
 
     def _seal_lines(self, conversation: StoredConversation) -> bytes:
         """This message's transcript lines as one sealed entry (a JSON list of lines)."""
-        text = json.dumps(conversation.new_lines, ensure_ascii=False, separators=(",", ":"))
+        text = orjson.dumps(conversation.new_lines).decode()
         return self._sealer.encrypt(text, purpose=TRANSCRIPT_PURPOSE).encode()
 
     async def _transcript(
@@ -256,7 +255,7 @@ class ConversationService:
         for sealed in stored:
             try:
                 text = self._sealer.decrypt(sealed.decode(), purpose=TRANSCRIPT_PURPOSE)
-                entry = json.loads(text)
+                entry = orjson.loads(text)
                 # One entry per message (a list of lines); a single line in entries stored
                 # before that (an intake begun before an upgrade may still be in Redis).
                 for line in entry if isinstance(entry, list) else [entry]:
