@@ -200,6 +200,14 @@ _TRANSCRIPT_LABELS = {
 }
 
 
+#: Events that are the resident asking for something, and so are answered: a menu button
+#: (``click``), a QR code scanned while following (``scan``), a scan that waits for an answer.
+#: Every other event is a :class:`~flows.events.Notice`: WeChat reporting (a template message
+#: delivered, the phone's automatic location report, a menu link opened) or announcing a message
+#: that follows (``pic_*``, ``location_select``: the picture or place arrives as a message).
+_RESIDENT_EVENTS = frozenset({"click", "scan", "scancode_waitmsg"})
+
+
 def _to_inbound(fields: Mapping[str, Any], *, encrypted: bool) -> InboundMessage:
     msg_type = _field(fields, "MsgType").lower()
     account = _field(fields, "ToUserName")
@@ -269,5 +277,7 @@ def _to_event(fields: Mapping[str, Any], msg_type: str) -> tuple[events.Event, s
             return events.Subscribe(), "[关注]"
         if name == "unsubscribe":
             return events.Unsubscribe(), "[取消关注]"
-        return events.Unsupported(f"event:{name}"), f"[事件 {name}]"
+        if name in _RESIDENT_EVENTS:
+            return events.Unsupported(f"event:{name}"), f"[事件 {name}]"
+        return events.Notice(f"event:{name}"), f"[通知 {name}]"
     return events.Unsupported(msg_type), _TRANSCRIPT_LABELS.get(msg_type, f"[{msg_type}]")

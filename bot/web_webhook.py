@@ -21,6 +21,7 @@ from bot.conversation import AlreadySeen, ConversationService, Processed
 from bot.inbound import InboundMessage, WebhookCodec
 from bot.outbox import Outbox
 from bot.reply_text import split_for_wechat
+from flows import events
 from jiefen.errors import PayloadTooLarge, RequestRejected
 from state.message_gate import Duplicate
 
@@ -80,6 +81,10 @@ class WebhookHandler:
     async def receive_decoded(self, inbound: InboundMessage, started: float) -> web.Response:
         """Handle a checked push; answer by ``started`` + the passive deadline, or for a reply
         already being committed then, by the end of WeChat's window."""
+        if isinstance(inbound.event, events.Notice):
+            # Not the resident speaking: nothing to store, dedupe or answer.
+            log.debug("notice %s from %s ignored", inbound.event.kind, inbound.message_key)
+            return _success()
         entered = time.monotonic()
         loop = asyncio.get_running_loop()
         settled: asyncio.Future[Processed | AlreadySeen] = loop.create_future()

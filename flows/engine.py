@@ -12,8 +12,9 @@ How a resident's message is decided, in order:
    reviewing → 确认 / an item number; submitting → please wait.
 
 Contract of the output: every message from the resident gets exactly one :class:`Reply`, except
-:class:`Unsubscribe` and the two that wait for the edge's feedback («确认» → :class:`CreateCase`,
-«查询» → :class:`ListCases`), whose feedback event then gets the reply. Evidence effects
+:class:`Unsubscribe`, a :class:`Notice` (not the resident speaking: nothing changes) and the two
+that wait for the edge's feedback («确认» → :class:`CreateCase`, «查询» → :class:`ListCases`),
+whose feedback event then gets the reply. Evidence effects
 (:class:`FetchMedia`) come before the reply. A voice message with WeChat's recognition text is
 read as if typed, anywhere, except at the facts step (its media is kept too) and the evidence
 step (it is evidence unless it says «完成»). Images, videos and files sent at a step that wants
@@ -38,6 +39,7 @@ from flows.events import (
     Event,
     Location,
     Media,
+    Notice,
     Subscribe,
     Text,
     Unsubscribe,
@@ -84,6 +86,8 @@ def advance(
     elif isinstance(event, Unsubscribe):
         # They can no longer be messaged; a half-filed intake is personal data we no longer need.
         return ConversationState.initial(), ()
+    elif isinstance(event, Notice):
+        return state, ()
     else:
         turn = _Turn(flow, now.date(), _is_returning(state, now))
         out = _on_message(turn, dataclasses.replace(state, last_active=now), event)

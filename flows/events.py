@@ -62,7 +62,17 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Unsupported:
-    """Anything else the resident sent (a link, a menu event we ignore …); ``kind`` names it."""
+    """Anything else the resident sent (a link, a menu button we have no action for …);
+    ``kind`` names it. The resident is told what the account understands."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A push that is not the resident speaking: WeChat reporting on something (a template
+    message delivered, the location the phone reports by itself, a link in the menu opened, a
+    photo about to be sent). It changes nothing and is never answered; ``kind`` names it."""
 
     kind: str
 
@@ -102,6 +112,6 @@ class CasesListed:
     cases: tuple[CaseSummary, ...]
 
 
-Message = Text | Voice | Media | Location | Subscribe | Unsubscribe | Unsupported
+Message = Text | Voice | Media | Location | Subscribe | Unsubscribe | Unsupported | Notice
 Feedback = CaseCreated | CaseCreationFailed | CasesListed
 Event = Message | Feedback

@@ -25,6 +25,7 @@ from flows.events import (
     CaseCreationFailed,
     Location,
     Media,
+    Notice,
     Subscribe,
     Text,
     Unsubscribe,
@@ -405,6 +406,14 @@ def test_location_elsewhere_and_unsupported_are_gentle_reprompts() -> None:
     assert reply is not None and reply.startswith(texts.UNSUPPORTED)
     assert texts.CLAIM_PROMPT in reply
     assert chat.step == "claim" and chat.state.invalid_count == 0
+
+
+def test_a_notice_changes_nothing_and_gets_no_reply() -> None:
+    chat = Chat()
+    chat.answer_until("claim")
+    before = chat.state
+    state, effects = advance(INTAKE_FLOW, before, Notice("event:templatesendjobfinish"), NOW)
+    assert state is before and effects == ()
 
 
 # --- coming back ------------------------------------------------------------------------------

@@ -327,6 +327,39 @@ async def test_facts_by_voice_use_wechat_recognition(start: Factory) -> None:
     assert "请求" in (delivery.reply.content or "")  # moved on to the claim
 
 
+async def test_wechats_own_notices_are_not_answered_and_change_nothing(start: Factory) -> None:
+    jiefen = await start()
+    openid = "o_notices"
+    await _fill(jiefen, openid, STEP["facts"])
+    simulator = jiefen.simulator
+    notices = [
+        simulator.event(openid, "TEMPLATESENDJOBFINISH", {"MsgID": 1234, "Status": "success"}),
+        simulator.event(openid, "LOCATION", {"Latitude": 25.04, "Longitude": 102.7}),
+        simulator.view(openid, "https://example.org/menu"),
+        simulator.event(openid, "pic_photo_or_album", {"EventKey": "evidence"}),
+    ]
+    for notice in notices:
+        delivery = await jiefen.send(notice)
+        assert delivery.status == 200 and isinstance(delivery.reply, NoReply), delivery
+    # The intake waits at the same step, with nothing recorded for the notices.
+    spoken = "隔壁养的狗每天半夜叫，说了好几次也不管，老人睡不好觉。"
+    assert "请求" in await jiefen.say(openid, spoken)
+    gate = jiefen.conversation_gate()
+    sealer = PersonalDataProtector(load_or_create_data_key(jiefen.settings))
+    entries = await gate.read_transcript(gate.keys(simulator.account_id, openid, "any"))
+    assert len(entries) == STEP["facts"] + 1
+    recorded = [
+        line["c"]
+        for entry in entries
+        for line in json.loads(sealer.decrypt(entry.decode(), purpose=TRANSCRIPT_PURPOSE))
+    ]
+    assert not [text for text in recorded if "通知" in text or "事件" in text], recorded
+    # A menu button, though, is the resident asking: it is answered.
+    click = await jiefen.send(simulator.click(openid, "START"))
+    assert isinstance(click.reply, Reply) and click.reply.content
+    assert jiefen.fake.sent == []
+
+
 async def test_a_resident_resumes_after_the_server_restarts(start: Factory) -> None:
     first = await start()
     openid = "o_resume"
