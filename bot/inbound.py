@@ -225,7 +225,7 @@ def _to_inbound(fields: Mapping[str, Any], *, encrypted: bool) -> InboundMessage
         name = _field(fields, "Event").lower()
         message_key = f"event:{openid}:{created_at}:{name}"
     else:
-        msg_id = _field(fields, "MsgId")
+        msg_id = _msg_id(_field(fields, "MsgId"))
         message_key = f"msg:{msg_id}" if msg_id else f"msg:{openid}:{created_at}:{msg_type}"
     return InboundMessage(
         account=account,
@@ -237,6 +237,15 @@ def _to_inbound(fields: Mapping[str, Any], *, encrypted: bool) -> InboundMessage
         transcript_text=transcript_text,
         encrypted=encrypted,
     )
+
+
+def _msg_id(text: str) -> int:
+    """WeChat's 64-bit message id, canonical (0 when absent: such a push is keyed otherwise)."""
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit()):
+        raise MalformedMessage("push with a MsgId that is not a number")
+    return int(text)
 
 
 def _field(fields: Mapping[str, Any], name: str) -> str:

@@ -18,7 +18,11 @@ before the root element. The reader refuses any document in which anything but a
 declaration and whitespace comes before ``<xml``, so none can be present; with no declaration,
 expat refuses every entity reference but the five predefined ones ("undefined entity"). An
 external entity (XXE) or an entity-expansion bomb is therefore refused before anything is
-expanded or fetched.
+expanded or fetched. Bytes are decoded as UTF-8 (WeChat's only encoding) before parsing, so a
+declared ``encoding`` is never acted on: no codec trick can reinterpret the prolog, and an
+unknown or multi-byte codec name cannot raise out of the parser. Nesting is capped at
+``MAX_DEPTH`` (WeChat nests four levels), so a deep document cannot exhaust the stack.
+Everything refused raises :class:`~jiefen.errors.MalformedMessage`, nothing else.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from typing import Any
 from jiefen.errors import MalformedMessage
 
 #: What may precede the root: a byte-order mark, whitespace, one XML declaration. Nothing else.
-_PROLOG = re.compile(r"\A\ufeff?\s*(?:<\?xml\s[^<>]*\?>\s*)?<xml[\s/>]")
-_PROLOG_BYTES = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml\s[^<>]*\?>\s*)?<xml[\s/>]")
+_PROLOG = re.compile(r"\A\ufeff?[ \t\r\n]*(?:<\?xml[ \t\r\n][^<>]*\?>[ \t\r\n]*)?<xml[ \t\r\n/>]")
+#: Levels of elements below the root (WeChat's deepest: SendPicsInfo/PicList/item/PicMd5Sum).
+MAX_DEPTH = 8
 
 
 def read_push_xml(document: str | bytes) -> dict[str, Any]:
@@ -40,22 +45,30 @@ def read_push_xml(document: str | bytes) -> dict[str, Any]:
     Raises :class:`~jiefen.errors.MalformedMessage` for anything else: not XML, another root,
     a document type declaration or anything else before the root, an undefined entity.
     """
-    prolog = _PROLOG_BYTES if isinstance(document, bytes) else _PROLOG
-    if prolog.match(document) is None:  # type: ignore[arg-type]  # pattern matches the type
+    if isinstance(document, bytes):
+        try:
+            document = document.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedMessage("push XML is not UTF-8") from None
+    if _PROLOG.match(document) is None:
         raise MalformedMessage("push XML must open with its <xml> root (no DTD, nothing else)")
     try:
         root = ElementTree.fromstring(document)
     except ElementTree.ParseError as error:
         raise MalformedMessage(f"unparseable push XML: {error}") from None
+    except ValueError:  # a lone surrogate in text cannot be handed to expat as UTF-8
+        raise MalformedMessage("push XML holds characters that are not text") from None
     if root.tag != "xml":  # e.g. <xmlfoo>, which the prolog check lets through
         raise MalformedMessage(f"push XML has the root <{root.tag}>, not <xml>")
-    return _children(root)
+    return _children(root, MAX_DEPTH)
 
 
-def _children(element: ElementTree.Element) -> dict[str, Any]:
+def _children(element: ElementTree.Element, depth_left: int) -> dict[str, Any]:
+    if depth_left == 0:
+        raise MalformedMessage(f"push XML nests deeper than {MAX_DEPTH} levels")
     fields: dict[str, Any] = {}
     for child in element:
-        value: Any = _children(child) if len(child) else _text(child.text)
+        value: Any = _children(child, depth_left - 1) if len(child) else _text(child.text)
         if child.tag not in fields:
             fields[child.tag] = value
         elif isinstance(previous := fields[child.tag], list):

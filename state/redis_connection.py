@@ -103,6 +103,7 @@ class ScriptLane:
         #: one timer (redis-py applies it as a task for the send, then a timer for the read).
         self._timeout_s: float | None = pool.connection_kwargs.get("socket_timeout")
         self._encoding: str = pool.connection_kwargs.get("encoding", "utf-8")
+        self._encoding_errors: str = pool.connection_kwargs.get("encoding_errors", "strict")
 
     @classmethod
     def of(cls, redis: aioredis.Redis) -> ScriptLane:
@@ -118,7 +119,7 @@ class ScriptLane:
             connection = await self._take()
             try:
                 await connection.send_packed_command(
-                    pack_command(command, self._encoding), check_health=False
+                    pack_command(command, self._encoding, self._encoding_errors), check_health=False
                 )
                 reply = await connection.read_response()
             except ResponseError:
@@ -153,19 +154,23 @@ class ScriptLane:
         await self._pool.release(connection)
 
 
-def pack_command(command: Sequence[EncodableT], encoding: str = "utf-8") -> bytes:
+def pack_command(
+    command: Sequence[EncodableT], encoding: str = "utf-8", errors: str = "strict"
+) -> bytes:
     """``command`` in Redis's wire format (an array of bulk strings), as one buffer.
 
     Encodes arguments as redis-py's ``Connection.pack_command`` does (text in ``encoding``,
     numbers by ``repr``, ``bool`` and other types refused with ``DataError``), at a third of its
-    cost: the scripts' arguments are few and small, so none of its chunking is needed.
+    cost: the scripts' arguments are few and small, so none of its chunking is needed. Unlike
+    redis-py, a command name of two words (``"SCRIPT LOAD"``) is not split: pass each word as
+    its own argument.
     """
     parts = [b"*%d\r\n" % len(command)]
     data: bytes
     for argument in command:
         kind = type(argument)
         if kind is str:
-            data = argument.encode(encoding)  # type: ignore[union-attr]
+            data = argument.encode(encoding, errors)  # type: ignore[union-attr]
         elif kind is bytes:
             data = argument  # type: ignore[assignment]
         elif kind is int or kind is float:
@@ -173,7 +178,7 @@ def pack_command(command: Sequence[EncodableT], encoding: str = "utf-8") -> byte
         elif isinstance(argument, (bytes, bytearray, memoryview)):
             data = bytes(argument)
         elif isinstance(argument, str):
-            data = argument.encode(encoding)
+            data = argument.encode(encoding, errors)
         elif isinstance(argument, (int, float)) and not isinstance(argument, bool):
             data = repr(argument).encode()
         else:

@@ -33,6 +33,10 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
     commands: list[list[Any]] = [arguments, ["GET", "x"], ["PING"], ["SET", "k", bytearray(b"v")]]
     for command in commands:
         assert pack_command(command) == b"".join(reference.pack_command(*command))
+    latin = Connection(encoding="latin-1", encoding_errors="replace")
+    assert pack_command(["SET", "k", "张é"], "latin-1", "replace") == b"".join(
+        latin.pack_command("SET", "k", "张é")
+    )
     for bad in (True, None, object(), [1]):
         with pytest.raises(DataError):
             pack_command(["SET", "k", bad])  # type: ignore[list-item]

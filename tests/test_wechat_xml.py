@@ -115,6 +115,16 @@ def test_nested_and_repeated_elements_read_as_xmltodict_reads_them() -> None:
         "not xml at all",
         "",
         b"\xff\xfe<\x00x\x00m\x00l\x00>\x00",
+        # The same hostile prologs as bytes (the envelope is bytes, read before its signature
+        # is checked), and declared encodings that must never reach a codec.
+        b'<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><C>&x;</C></xml>',
+        b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "aa">]><xml><C>&a;</C></xml>',
+        '<?xml version="1.0" encoding="utf-16"?><xml/>'.encode("utf-16"),
+        b"<xml><C>\xd6\xd0</C></xml>",  # GBK bytes
+        b"<xml><C>1</C></xml>\x00",
+        "<xml><C>\ud800</C></xml>",
+        # Nested past MAX_DEPTH: refused, not a RecursionError.
+        b"<xml><Encrypt>x</Encrypt><Z>" + b"<a>" * 1000 + b"</a>" * 1000 + b"</Z></xml>",
     ],
 )
 def test_documents_that_could_carry_a_dtd_or_are_not_a_push_are_refused(
@@ -122,6 +132,25 @@ def test_documents_that_could_carry_a_dtd_or_are_not_a_push_are_refused(
 ) -> None:
     with pytest.raises(MalformedMessage):
         read_push_xml(document)
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "no-such-codec", "base64", "idna", "utf-32", "utf-16"])
+def test_a_declared_encoding_is_never_acted_on(encoding: str) -> None:
+    document = f'<?xml version="1.0" encoding="{encoding}"?><xml><C>中</C></xml>'
+    assert read_push_xml(document.encode()) == {"C": "中"}
+    assert read_push_xml(document) == {"C": "中"}
+
+
+def test_nesting_as_deep_as_wechats_deepest_and_a_little_more_is_read() -> None:
+    depth = 8
+    document = "<xml>" + "<a>" * depth + "x" + "</a>" * depth + "</xml>"
+    value: object = read_push_xml(document)
+    for _ in range(depth):
+        assert isinstance(value, dict)
+        value = value["a"]
+    assert value == "x"
+    with pytest.raises(MalformedMessage):
+        read_push_xml("<xml>" + "<a>" * (depth + 1) + "x" + "</a>" * (depth + 1) + "</xml>")
 
 
 def test_an_xml_declaration_and_a_byte_order_mark_are_allowed() -> None:
@@ -157,6 +186,8 @@ _HEAD = "<FromUserName>o</FromUserName><CreateTime>1</CreateTime>"
             id="coordinates not numbers",
         ),
         pytest.param(_HEAD + "<MsgType>location</MsgType>", id="no coordinates"),
+        pytest.param(_HEAD + "<MsgType>text</MsgType><MsgId>abc</MsgId>", id="MsgId not a number"),
+        pytest.param(_HEAD + "<MsgType>text</MsgType><MsgId>-1</MsgId>", id="negative MsgId"),
     ],
 )
 def test_a_push_missing_what_every_push_has_is_malformed(fields: str) -> None:
@@ -166,3 +197,32 @@ def test_a_push_missing_what_every_push_has_is_malformed(fields: str) -> None:
     body = f"<xml><ToUserName>gh</ToUserName>{fields}</xml>".encode()
     with pytest.raises(MalformedMessage):
         codec.decode(push.params, body, now=datetime.now().timestamp())
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "key"),
+    [("007", "msg:7"), ("5014433938176069824", "msg:5014433938176069824"), ("0", None), ("", None)],
+)
+def test_the_dedupe_key_of_a_message_is_its_canonical_msgid(msg_id: str, key: str | None) -> None:
+    codec = _codec(CryptoMode.PLAIN)
+    push = WeChatSimulator(TOKEN, APPID, "", CryptoMode.PLAIN).text(OPENID, "x")
+    body = (
+        f"<xml><ToUserName>gh</ToUserName><FromUserName>{OPENID}</FromUserName>"
+        f"<CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>x</Content>"
+        f"<MsgId>{msg_id}</MsgId></xml>"
+    ).encode()
+    inbound = codec.decode(push.params, body, now=datetime.now().timestamp())
+    # Without a MsgId (or with 0, which is none) a push is keyed by its sender and time, so
+    # that pushes of different residents never share a key.
+    assert inbound.message_key == (key or f"msg:{OPENID}:1700000000:text")
+
+
+def test_the_event_key_names_the_event_as_wechat_sent_it() -> None:
+    simulator = WeChatSimulator(TOKEN, APPID, AES_KEY, CryptoMode.SAFE)
+    for push, name in [
+        (simulator.subscribe(OPENID), "subscribe"),
+        (simulator.subscribe(OPENID, scene="court7"), "subscribe"),
+        (simulator.click(OPENID, "START"), "click"),
+    ]:
+        inbound = _codec(CryptoMode.SAFE).decode(push.params, push.body, now=push.create_time)
+        assert inbound.message_key == f"event:{OPENID}:{push.create_time}:{name}"
