@@ -31,6 +31,7 @@ import asyncpg
 from bot.fake_wechat_api import FakeWeChatAPI, start_fake_wechat_api
 from bot.wechat_simulator import CryptoMode, Reply, WeChatSimulator
 from config.settings import Settings
+from jiefen.host_speed import calibration_ms
 
 REDIS_URL = os.environ.get("JIEFEN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_ADMIN_URL = os.environ.get(
@@ -80,6 +81,8 @@ class Figures:
     confirm_p99_ms: float
     server_cpu_s: float | None
     server_cpu_us_per_message: float | None
+    #: This machine's speed (jiefen.host_speed): CPU figures compare in proportion to it.
+    host_calibration_ms: float
 
 
 def run_benchmark(settings: Settings, args: argparse.Namespace) -> int:
@@ -146,6 +149,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> Figures:
 async def _drive(
     settings: Settings, args: argparse.Namespace, urls: list[str], *, pids: list[int]
 ) -> Figures:
+    calibration = calibration_ms()  # before the load, which would slow it
     simulator = WeChatSimulator(
         settings.wechat_token, settings.wechat_appid, settings.wechat_aes_key, CryptoMode(args.mode)
     )
@@ -213,6 +217,7 @@ async def _drive(
         server_cpu_us_per_message=(
             None if cpu is None or not messages else round(cpu / messages * 1e6, 1)
         ),
+        host_calibration_ms=calibration,
     )
 
 
@@ -324,6 +329,7 @@ def _print_table(figures: Figures) -> None:
         ("「确认」 latency p50 / p99", f"{figures.confirm_p50_ms} / {figures.confirm_p99_ms} ms"),
         ("server CPU", f"{figures.server_cpu_s} s"),
         ("server CPU per message", f"{figures.server_cpu_us_per_message} µs"),
+        ("host calibration", f"{figures.host_calibration_ms} ms (lower is faster)"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

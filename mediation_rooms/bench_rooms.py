@@ -37,6 +37,7 @@ from pathlib import Path
 
 import aiohttp
 
+from jiefen.host_speed import calibration_ms
 from mediation_rooms.bench_rooms_figures import (
     BenchFigures,
     compute_figures,
@@ -107,6 +108,7 @@ def run_benchmark(
 
 async def measure(options: BenchOptions) -> BenchFigures:
     """Start the server, run the rooms, measure; always stops the server and cleans up."""
+    calibration = calibration_ms()  # before the load, which would slow it
     data_dir = Path(tempfile.mkdtemp(prefix="jiefen-bench-rooms-"))
     server = BenchServer(options, data_dir)
     try:
@@ -115,6 +117,7 @@ async def measure(options: BenchOptions) -> BenchFigures:
             figures = await _drive(options, server)
         except (BenchError, aiohttp.ClientError, OSError) as error:
             raise BenchError(f"{error}\n--- server log (tail) ---\n{server.tail()}") from error
+        figures = dataclasses.replace(figures, host_calibration_ms=calibration)
         return figures if not options.keep else _with_data_dir(figures, data_dir)
     finally:
         await server.stop()

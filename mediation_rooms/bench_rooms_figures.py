@@ -44,6 +44,9 @@ DEFINITIONS = {
     "divided by the frames the seat's sending track produced; the senders start once the room "
     "is live (recording on) and stop at a mark before `end`, followed by one uncounted frame "
     "(aiortc's jitter buffer releases a frame only when the next one begins)",
+    "host_calibration_ms": "CPU time of a fixed pure-Python workload on this machine, taken "
+    "before the server starts (jiefen.host_speed): CPU figures of two runs compare in "
+    "proportion to it",
     "server_cores": "utime+stime of the server process (/proc/<pid>/stat) over the window "
     "divided by the window's wall time; one process serves every room, so per room = total / N",
     "client_cores": "CPU time of this process (all 3×N synthetic participants) over the window",
@@ -123,6 +126,8 @@ class BenchFigures:
     notes: list[str]
     definitions: dict[str, str]
     data_dir: str | None
+    #: This machine's speed (jiefen.host_speed): CPU figures compare in proportion to it.
+    host_calibration_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,7 @@ def print_table(figures: BenchFigures) -> None:
         f"{figures.window_s:.1f} s) = {figures.server_cores_per_room:.3f} core per room"
     )
     print(f"clients: {figures.client_cores:.3f} cores (this process)")
+    print(f"host calibration: {figures.host_calibration_ms} ms (lower is faster)")
     for note in figures.notes:
         print(f"  note: {note}")
     print("\ntargets:")

@@ -36,6 +36,7 @@ def test_one_room_reports_every_figure() -> None:
     assert 2.5 < figures["window_s"] < 10
     assert figures["server_cpu_s"] > 0 and figures["server_cores"] > 0
     assert figures["server_cores_per_room"] == pytest.approx(figures["server_cores"], abs=1e-3)
+    assert figures["host_calibration_ms"] > 0
     assert figures["client_cores"] > 0
     assert len(figures["loadavg_before"]) == 3
     assert {t["name"] for t in figures["targets"]} == {

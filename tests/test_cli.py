@@ -143,6 +143,7 @@ async def test_the_webhook_benchmark_runs_and_reports(redis_client: aioredis.Red
     assert figures["cases_created"] == 3
     assert figures["messages"] == 3 * len(intake_script(0))
     assert figures["server_cpu_us_per_message"] > 0
+    assert figures["host_calibration_ms"] > 0
     assert figures["latency_p50_ms"] <= figures["latency_p99_ms"]
 
 
