@@ -11,13 +11,20 @@
      │    ├── PayloadTooLarge
      │    └── MalformedMessage
      ├── ConfigurationError      settings or config files that do not make sense
+     │    └── NodeIdInUse        (mediation_rooms.placement) a media node id another process holds
      ├── InvalidTransition       a lifecycle asked to move where its rules forbid
+     ├── SealBroken              a signed document (a recording's manifest, its court copy
+     │                           record) does not verify: altered, of another room or key
+     ├── PermanentJobError       a background job that can never succeed: dead-lettered at once
      └── UpstreamError           something outside us failed; may carry ``retry_after``
           ├── WeChatAPIError     WeChat answered with an errcode (``errcode``, ``errmsg``)
           ├── StorageUnavailable the database or the file store cannot be reached
-          └── LockTimeout        a Redis lock or turn could not be had in time
+          ├── LockTimeout        a Redis lock or turn could not be had in time
+          └── NoMediaNode        no media process can host a room right now
 
-Catch broad exceptions only at the top of a task or a request, and log them there.
+A few subclasses live beside the one module that raises and catches them (``RenderFailed``,
+``LeaseLost`` and ``InvalidReply``, all directly under ``JiefenError``). Catch broad exceptions
+only at the top of a task or a request, and log them there.
 This module is pure: the pure packages (``flows``, ``cases``) may import it.
 """
 
@@ -95,6 +102,15 @@ class StorageUnavailable(UpstreamError):
 
 class LockTimeout(UpstreamError):
     """A lock or a per-user turn could not be had in time."""
+
+
+class NoMediaNode(UpstreamError):
+    """No media process is alive to host a room (or, for a while after Redis lost its data,
+    none may take a room without a claim)."""
+
+
+class SealBroken(JiefenError):
+    """A signed document that does not verify (altered, of another room, another key)."""
 
 
 class PermanentJobError(JiefenError):

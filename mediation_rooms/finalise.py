@@ -44,7 +44,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import LockNotOwnedError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jiefen.errors import ConfigurationError, JiefenError, PermanentJobError
+from jiefen.errors import ConfigurationError, JiefenError, PermanentJobError, SealBroken
 from mediation_rooms.court_copy import seat_rank
 from mediation_rooms.court_copy_renderer import (
     RENDERER,
@@ -60,7 +60,6 @@ from mediation_rooms.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     TIMELINE_NAME,
-    SealBroken,
     changed_files,
     court_copy_record,
     evidence_files,

@@ -44,6 +44,7 @@ from typing import Any
 import av
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from jiefen.errors import SealBroken
 from mediation_rooms.court_copy import RecordedFile
 from state.signing_key import SigningKey, key_id_of, verify_signature
 
@@ -263,10 +264,6 @@ class Verification:
             and self.court_copy is None
             and expects_court_copy(self.manifest)
         )
-
-
-class SealBroken(ValueError):
-    """A signed document that does not verify (altered, of another room, another key)."""
 
 
 def sealed_manifest(directory: Path, public_key: Ed25519PublicKey, room_id: str) -> bytes:

@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from jiefen.errors import ConfigurationError
+from jiefen.errors import ConfigurationError, NoMediaNode
 from state.redis_connection import LuaScript, as_text
 
 log = logging.getLogger(__name__)
@@ -219,11 +219,6 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[2])
 return 1
 """
-
-
-class NoMediaNode(Exception):
-    """No media process is alive to host a room (or, for a while after Redis lost its data,
-    none may take a room without a claim)."""
 
 
 class NodeIdInUse(ConfigurationError):

@@ -24,10 +24,10 @@ from typing import Any
 
 from aiohttp import web
 
-from jiefen.errors import StorageUnavailable
+from jiefen.errors import NoMediaNode, StorageUnavailable
 from mediation_rooms import texts
 from mediation_rooms.finalise import RecordingFinaliser
-from mediation_rooms.placement import MediaPlacement, NoMediaNode
+from mediation_rooms.placement import MediaPlacement
 from mediation_rooms.room import EXTRA_SEATS, SeatRole
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService

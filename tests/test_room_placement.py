@@ -14,6 +14,7 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
+from jiefen.errors import NoMediaNode
 from mediation_rooms.node_heartbeat import NodeHeartbeat
 from mediation_rooms.placement import (
     CLAIM_TTL_S,
@@ -22,7 +23,6 @@ from mediation_rooms.placement import (
     MediaNode,
     MediaPlacement,
     NodeIdInUse,
-    NoMediaNode,
     signalling_url_for,
 )
 
