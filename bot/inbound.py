@@ -220,10 +220,10 @@ def _to_inbound(fields: Mapping[str, Any], *, encrypted: bool) -> InboundMessage
         raise MalformedMessage("push without a valid CreateTime") from None
     if not 0 <= created_at < 2**32:
         raise MalformedMessage(f"push with an impossible CreateTime {created_at}")
-    event, transcript_text = _to_event(fields, msg_type)
+    event_name = _field(fields, "Event").lower() if msg_type == "event" else ""
+    event, transcript_text = _to_event(fields, msg_type, event_name)
     if msg_type == "event":
-        name = _field(fields, "Event").lower()
-        message_key = f"event:{openid}:{created_at}:{name}"
+        message_key = f"event:{openid}:{created_at}:{event_name}"
     else:
         msg_id = _msg_id(_field(fields, "MsgId"))
         message_key = f"msg:{msg_id}" if msg_id else f"msg:{openid}:{created_at}:{msg_type}"
@@ -258,7 +258,9 @@ def _field(fields: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _to_event(fields: Mapping[str, Any], msg_type: str) -> tuple[events.Event, str]:
+def _to_event(
+    fields: Mapping[str, Any], msg_type: str, event_name: str
+) -> tuple[events.Event, str]:
     if msg_type == "text":
         content = _field(fields, "Content")
         return events.Text(content), content
@@ -281,12 +283,11 @@ def _to_event(fields: Mapping[str, Any], msg_type: str) -> tuple[events.Event, s
         return events.Location(label, latitude, longitude), f"[位置] {label}"
     if msg_type == "event":
         # Following by scanning a QR code (EventKey "qrscene_…") is still a follow.
-        name = _field(fields, "Event").lower()
-        if name == "subscribe":
+        if event_name == "subscribe":
             return events.Subscribe(), "[关注]"
-        if name == "unsubscribe":
+        if event_name == "unsubscribe":
             return events.Unsubscribe(), "[取消关注]"
-        if name in _RESIDENT_EVENTS:
-            return events.Unsupported(f"event:{name}"), f"[事件 {name}]"
-        return events.Notice(f"event:{name}"), f"[通知 {name}]"
+        if event_name in _RESIDENT_EVENTS:
+            return events.Unsupported(f"event:{event_name}"), f"[事件 {event_name}]"
+        return events.Notice(f"event:{event_name}"), f"[通知 {event_name}]"
     return events.Unsupported(msg_type), _TRANSCRIPT_LABELS.get(msg_type, f"[{msg_type}]")

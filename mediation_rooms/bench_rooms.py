@@ -108,7 +108,6 @@ def run_benchmark(
 
 async def measure(options: BenchOptions) -> BenchFigures:
     """Start the server, run the rooms, measure; always stops the server and cleans up."""
-    calibration = calibration_ms()  # before the load, which would slow it
     data_dir = Path(tempfile.mkdtemp(prefix="jiefen-bench-rooms-"))
     server = BenchServer(options, data_dir)
     try:
@@ -117,7 +116,6 @@ async def measure(options: BenchOptions) -> BenchFigures:
             figures = await _drive(options, server)
         except (BenchError, aiohttp.ClientError, OSError) as error:
             raise BenchError(f"{error}\n--- server log (tail) ---\n{server.tail()}") from error
-        figures = dataclasses.replace(figures, host_calibration_ms=calibration)
         return figures if not options.keep else _with_data_dir(figures, data_dir)
     finally:
         await server.stop()
@@ -132,6 +130,7 @@ def _with_data_dir(figures: BenchFigures, data_dir: Path) -> BenchFigures:
 
 
 async def _drive(options: BenchOptions, server: BenchServer) -> BenchFigures:
+    calibration = calibration_ms()  # before the load, which would slow it
     clip = synthetic_clip()
     rooms: list[BenchRoom] = []
     async with aiohttp.ClientSession() as session:
@@ -161,7 +160,7 @@ async def _drive(options: BenchOptions, server: BenchServer) -> BenchFigures:
         for room in rooms
     }
     status("")
-    return compute_figures(options, server, rooms, before, after, recorded)
+    return compute_figures(options, server, rooms, before, after, recorded, calibration)
 
 
 async def _join_room(

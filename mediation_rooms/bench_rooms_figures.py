@@ -45,7 +45,7 @@ DEFINITIONS = {
     "is live (recording on) and stop at a mark before `end`, followed by one uncounted frame "
     "(aiortc's jitter buffer releases a frame only when the next one begins)",
     "host_calibration_ms": "CPU time of a fixed pure-Python workload on this machine, taken "
-    "before the server starts (jiefen.host_speed): CPU figures of two runs compare in "
+    "before the rooms join (jiefen.host_speed): CPU figures of two runs compare in "
     "proportion to it",
     "server_cores": "utime+stime of the server process (/proc/<pid>/stat) over the window "
     "divided by the window's wall time; one process serves every room, so per room = total / N",
@@ -125,9 +125,9 @@ class BenchFigures:
     targets: list[TargetCheck]
     notes: list[str]
     definitions: dict[str, str]
-    data_dir: str | None
     #: This machine's speed (jiefen.host_speed): CPU figures compare in proportion to it.
-    host_calibration_ms: float | None = None
+    host_calibration_ms: float
+    data_dir: str | None
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,7 @@ def compute_figures(
     before: Snapshot,
     after: Snapshot,
     recorded: dict[str, dict[str, tuple[int, int]]],
+    host_calibration_ms: float,
 ) -> BenchFigures:
     window = after.at - before.at
     server_cpu = after.server_cpu - before.server_cpu
@@ -311,6 +312,7 @@ def compute_figures(
             "lower than a browser's would be",
         ],
         definitions=DEFINITIONS,
+        host_calibration_ms=host_calibration_ms,
         data_dir=None,
     )
 
