@@ -23,13 +23,10 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.background_jobs import BackgroundJobs, RetryPolicy
-from bot.outbox import Outbox
-from bot.wechat_api import WeChatAPIClient
+from bot.background_jobs import RetryPolicy
 from config.settings import Settings
 from jiefen.errors import PermanentJobError
 from mediation_rooms.finalise import (
-    JOB_FINALISE_RECORDING,
     RENDER_ATTEMPTS,
     RecordingFinaliser,
     RenderFailed,
@@ -49,11 +46,10 @@ from mediation_rooms.manifest import (
     write_signed_manifest,
 )
 from state import room_store
-from state.blob_store import LocalBlobStore
 from state.job_queue import JobQueue
 from state.signing_key import SigningKey, load_or_create_signing_key
 from tests import test_recording_finalise
-from tests.test_recording_finalise import NOW, ended_room
+from tests.test_recording_finalise import NOW, ended_room, finalisation_worker
 
 pytestmark = pytest.mark.services
 
@@ -179,23 +175,16 @@ async def test_the_worker_archives_a_room_whose_render_keeps_failing(
     jobs = JobQueue(redis_client, prefix=redis_prefix)
     finaliser = finaliser_with(renderer=FAILING)
     async with aiohttp.ClientSession() as session:
-        worker = BackgroundJobs(
-            jobs=jobs,
-            outbox=Outbox(redis_client, jobs, prefix=redis_prefix),
-            wechat=WeChatAPIClient(
-                session,
-                redis_client,
-                api_base="http://127.0.0.1:9",
-                appid="wx",
-                secret="s",
-                key_prefix=redis_prefix,
-            ),
-            db=db,
-            evidence=LocalBlobStore(tmp_path / "evidence"),
-            max_media_bytes=1024,
+        worker = finalisation_worker(
+            session,
+            redis_client,
+            redis_prefix,
+            jobs,
+            db,
+            finaliser,
+            tmp_path,
             retry=RetryPolicy(base_delay_s=0.0),
         )
-        worker.register(JOB_FINALISE_RECORDING, lambda job: finaliser.run_job(job, jobs))
         room_id = await ended_room(db, tmp_path / "recordings")
         await enqueue_finalisation(jobs, room_id)
         for _ in range(RENDER_ATTEMPTS - 1):

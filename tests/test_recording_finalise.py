@@ -296,6 +296,38 @@ async def test_verification_names_every_problem(
     )
 
 
+def finalisation_worker(
+    session: aiohttp.ClientSession,
+    redis_client: aioredis.Redis,
+    prefix: str,
+    jobs: JobQueue,
+    db: AsyncEngine,
+    finaliser: RecordingFinaliser,
+    tmp_path: Path,
+    **options: Any,
+) -> BackgroundJobs:
+    """The background worker as `jiefen worker` runs it, with only the finalisation job (WeChat
+    is never called; ``options`` go to ``BackgroundJobs``, e.g. a retry policy)."""
+    worker = BackgroundJobs(
+        jobs=jobs,
+        outbox=Outbox(redis_client, jobs, prefix=prefix),
+        wechat=WeChatAPIClient(
+            session,
+            redis_client,
+            api_base="http://127.0.0.1:9",
+            appid="wx",
+            secret="s",
+            key_prefix=prefix,
+        ),
+        db=db,
+        evidence=LocalBlobStore(tmp_path / "evidence"),
+        max_media_bytes=1024,
+        **options,
+    )
+    worker.register(JOB_FINALISE_RECORDING, lambda job: finaliser.run_job(job, jobs))
+    return worker
+
+
 async def test_the_worker_buries_a_finalisation_that_can_never_work(
     db: AsyncEngine,
     finaliser: RecordingFinaliser,
@@ -305,22 +337,9 @@ async def test_the_worker_buries_a_finalisation_that_can_never_work(
 ) -> None:
     jobs = JobQueue(redis_client, prefix=redis_prefix)
     async with aiohttp.ClientSession() as session:
-        worker = BackgroundJobs(
-            jobs=jobs,
-            outbox=Outbox(redis_client, jobs, prefix=redis_prefix),
-            wechat=WeChatAPIClient(
-                session,
-                redis_client,
-                api_base="http://127.0.0.1:9",
-                appid="wx",
-                secret="s",
-                key_prefix=redis_prefix,
-            ),
-            db=db,
-            evidence=LocalBlobStore(tmp_path / "evidence"),
-            max_media_bytes=1024,
+        worker = finalisation_worker(
+            session, redis_client, redis_prefix, jobs, db, finaliser, tmp_path
         )
-        worker.register(JOB_FINALISE_RECORDING, lambda job: finaliser.run_job(job, jobs))
         await enqueue_finalisation(jobs, "rm_gone")
         await enqueue_finalisation(jobs, "rm_gone")  # queued once per room
         assert await jobs.pending_count() == 1
