@@ -4,9 +4,10 @@ Contract of every function here, and of the other stores (``state.media_store``,
 ``state.callback_store``, ``state.organisation_store``):
 
 - It takes the application's ``AsyncEngine`` (``state.db.create_engine``) and runs as **one
-  short transaction** of its own (``engine.begin()``): all of it is stored, or none of it.
-  (``create_case`` takes more only to repair what a filing found missing: the organisation's
-  row, or a counter behind the stored cases.)
+  short transaction** of its own (``engine.begin()``; on PostgreSQL, ``create_case`` is one
+  statement on its own): all of it is stored, or none of it. (``create_case`` takes more only
+  to repair what a filing found missing: the organisation's row, or a counter behind the
+  stored cases.)
 - A database that cannot be reached raises ``StorageUnavailable`` (``state.db.storage_errors``);
   since nothing was committed, the caller can tell the resident to retry and lose nothing.
 - It takes and returns plain frozen dataclasses and ``cases`` enums, never table objects.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -32,6 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cases.case_number import CaseNumber, china_day
@@ -157,23 +159,20 @@ class _FilingStatements:
     """The statements of a filing, built once per backend and executed with parameters.
 
     Building a statement (``insert(...).values(...).on_conflict...``) and deriving its cache
-    key cost about as much CPU as executing it; filing a case ran eight of them, which made it
-    the largest single cost of an intake message. Built once, SQLAlchemy's compiled cache
-    finds them at once.
+    key cost about as much CPU as executing it; built once, SQLAlchemy's compiled cache finds
+    them at once.
     """
 
     ensure_organisation: Any
+    #: PostgreSQL: the whole filing as one statement (see ``_file_case_postgresql``);
+    #: ``None`` on SQLite, which has no data-modifying CTEs and files statement by statement.
+    file_case: Any | None
     insert_case: Any
     insert_changes: Any
     insert_parties: Any
     ensure_media: Any
     insert_evidence: Any
     insert_intake: Any
-    #: Bumps the day's counter and writes the case's number, returning it: one statement on
-    #: PostgreSQL (a data-modifying CTE), so the counter row's lock, which serialises the day's
-    #: filings, is held for that statement and the commit only. ``None`` on SQLite (no
-    #: data-modifying CTEs; its one writer at a time makes the extra statement harmless).
-    number_case: Any | None
     next_counter: Any
     set_case_no: Any
 
@@ -189,34 +188,101 @@ def _filing_statements(backend: str) -> _FilingStatements:
         )
         .returning(_COUNTERS.c.last_value)
     )
-    number_case = None
-    if backend == "postgresql":
-        counter = next_counter.cte("counter")
-        digits = sa.cast(counter.c.last_value, sa.Text)
-        # CaseNumber's "{counter:04d}": at least four digits, more when the day needs them.
-        padded = sa.func.lpad(digits, sa.func.greatest(4, sa.func.length(digits)), "0")
-        number = sa.select(sa.bindparam("day_prefix", type_=sa.Text) + padded).scalar_subquery()
-        number_case = (
-            sa.update(_CASES)
-            .where(_CASES.c.id == sa.bindparam("case_row"))
-            .values(case_no=number)
-            .returning(_CASES.c.case_no)
-        )
     return _FilingStatements(
         # Organisations are synced at start-up; this repairs the foreign key when a filing finds
         # its organisation missing (a database restored or emptied since), see create_case.
         ensure_organisation=insert(_ORGS).on_conflict_do_nothing(index_elements=[_ORGS.c.code]),
+        file_case=_one_statement_filing(next_counter) if backend == "postgresql" else None,
         insert_case=sa.insert(_CASES).returning(_CASES.c.id),
         insert_changes=sa.insert(_CHANGES),
         insert_parties=sa.insert(_PARTIES),
         ensure_media=insert(_MEDIA).on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id]),
         insert_evidence=sa.insert(_EVIDENCE),
         insert_intake=sa.insert(_INTAKE),
-        number_case=number_case,
         next_counter=next_counter,
         set_case_no=sa.update(_CASES)
         .where(_CASES.c.id == sa.bindparam("case_row"))
         .values(case_no=sa.bindparam("new_case_no")),
+    )
+
+
+#: Columns of the rows a filing inserts beside the case, in the order of ``_FilingRows``.
+_CHANGE_COLUMNS = ("old", "new", "at", "actor")
+_PARTY_COLUMNS = (
+    "role",
+    "name",
+    "phone",
+    "id_number_ciphertext",
+    "id_number_masked",
+    "id_number_index",
+)
+_MEDIA_COLUMNS = ("media_id", "openid", "kind", "status", "created_at", "updated_at")
+_EVIDENCE_COLUMNS = ("media_id", "kind", "title", "created_at")
+_INTAKE_COLUMNS = ("seq", "direction", "msg_type", "content", "created_at")
+#: The case's own columns a filing sets (``id`` is the database's; ``case_no`` comes last).
+_CASE_COLUMNS = tuple(c.name for c in _CASES.c if c.name not in ("id", "case_no"))
+
+
+def _one_statement_filing(next_counter: Any) -> Any:
+    """PostgreSQL: a whole filing as one statement, returning the new case's number.
+
+    ``WITH counter AS (bump the day's counter), new_case AS (INSERT the case numbered from it),
+    changes/parties/media/evidence/intake AS (INSERT … SELECT new_case.id, … FROM unnest(arrays))
+    SELECT case_no FROM new_case``. Each kind of row travels as one array per column, so a
+    filing costs one round trip whatever its size, instead of eight (BEGIN, five INSERTs, the
+    number, COMMIT), which made filing the largest CPU cost of an intake message. Run on its own
+    (autocommit), the statement is its own transaction: all of it is stored or none. Foreign
+    keys are checked at the end of the statement, so the child rows may name the case (and the
+    evidence its media rows) inserted beside them.
+    """
+    counter = next_counter.cte("counter")
+    digits = sa.cast(counter.c.last_value, sa.Text)
+    # CaseNumber's "{counter:04d}": at least four digits, more when the day needs them.
+    padded = sa.func.lpad(digits, sa.func.greatest(4, sa.func.length(digits)), "0")
+    number = sa.bindparam("day_prefix", type_=sa.Text) + padded
+    case_values = [
+        sa.bindparam(f"case_{name}", type_=_CASES.c[name].type) for name in _CASE_COLUMNS
+    ]
+    new_case = (
+        sa.insert(_CASES)
+        .from_select(
+            ["case_no", *_CASE_COLUMNS], sa.select(number, *case_values).select_from(counter)
+        )
+        .returning(_CASES.c.id, _CASES.c.case_no)
+        .cte("new_case")
+    )
+
+    def unnest(table: sa.Table, columns: Sequence[str]) -> Any:
+        arrays = [
+            sa.bindparam(f"{table.name}_{name}", type_=postgresql.ARRAY(table.c[name].type))
+            for name in columns
+        ]
+        return (
+            sa.func.unnest(*arrays)
+            .table_valued(*(sa.column(name, table.c[name].type) for name in columns))
+            .render_derived(name="given")
+        )
+
+    def case_rows(table: sa.Table, columns: Sequence[str]) -> Any:
+        rows = unnest(table, columns)
+        select = sa.select(new_case.c.id, *(rows.c[name] for name in columns)).select_from(
+            new_case.join(rows, sa.true())  # one case, each of its rows
+        )
+        return sa.insert(table).from_select(["case_id", *columns], select).cte(table.name)
+
+    media_rows = unnest(_MEDIA, _MEDIA_COLUMNS)
+    media = (
+        postgresql.insert(_MEDIA)
+        .from_select(list(_MEDIA_COLUMNS), sa.select(*(media_rows.c[n] for n in _MEDIA_COLUMNS)))
+        .on_conflict_do_nothing(index_elements=[_MEDIA.c.media_id])
+        .cte("media")
+    )
+    return sa.select(new_case.c.case_no).add_cte(
+        case_rows(_CHANGES, _CHANGE_COLUMNS),
+        case_rows(_PARTIES, _PARTY_COLUMNS),
+        media,
+        case_rows(_EVIDENCE, _EVIDENCE_COLUMNS),
+        case_rows(_INTAKE, _INTAKE_COLUMNS),
     )
 
 
@@ -266,16 +332,23 @@ async def create_case(
     conversation; ID numbers typed into free text are masked. Raises StorageUnavailable when
     the database cannot be reached; nothing is stored then.
     """
-    filing = _Filing(
-        draft, applicant_openid, organisation, accept_deadline, intake, now, submission_key
+    rows = _FilingRows.of(
+        draft,
+        openid=applicant_openid,
+        organisation=organisation,
+        accept_deadline=accept_deadline,
+        intake=intake,
+        now=now,
+        submission_key=submission_key,
+        protector=protector,
     )
     day = china_day(now)
+    statements = _filing_statements(db.dialect.name)
     repaired: set[str] = set()
     with storage_errors("store the new case"):
         while True:
             try:
-                async with db.begin() as connection:
-                    case_no = await _insert_case(connection, filing, protector)
+                case_no = await _store_filing(db, statements, rows, day)
                 break
             except sqlalchemy.exc.IntegrityError as error:
                 # A repeat is found by the unique index on submission_key (no look-up before
@@ -296,7 +369,6 @@ async def create_case(
                 async with db.begin() as connection:
                     if repair == "organisation":
                         log.warning("organisation %s missing; adding it", organisation.code)
-                        statements = _filing_statements(connection.dialect.name)
                         await connection.execute(
                             statements.ensure_organisation, organisation_row(organisation, now)
                         )
@@ -348,123 +420,152 @@ async def _filed_under(db: AsyncEngine, submission_key: str) -> CreatedCase | No
 
 
 @dataclass(frozen=True, slots=True)
-class _Filing:
-    draft: CaseDraft
-    openid: str
-    organisation: Organisation
-    accept_deadline: date
-    intake: Sequence[IntakeLine]
-    now: datetime
-    submission_key: str | None
+class _FilingRows:
+    """What a filing stores, as values: the case's own (``_CASE_COLUMNS``) and its rows'
+    (each a tuple in the order of its ``_*_COLUMNS``; ``case_id`` is added as they go in)."""
+
+    case: dict[str, Any]
+    changes: list[tuple[Any, ...]]
+    parties: list[tuple[Any, ...]]
+    media: list[tuple[Any, ...]]
+    evidence: list[tuple[Any, ...]]
+    intake: list[tuple[Any, ...]]
+
+    @classmethod
+    def of(
+        cls,
+        draft: CaseDraft,
+        *,
+        openid: str,
+        organisation: Organisation,
+        accept_deadline: date,
+        intake: Sequence[IntakeLine],
+        now: datetime,
+        submission_key: str | None,
+        protector: PersonalDataProtector,
+    ) -> _FilingRows:
+        case = {
+            "submission_key": submission_key,
+            "status": INITIAL_STATUS.value,
+            "category": draft.category.value,
+            "place_text": draft.place.text,
+            "place_lat": draft.place.latitude,
+            "place_lng": draft.place.longitude,
+            "facts": redact_id_numbers(draft.facts),
+            "claim": redact_id_numbers(draft.claim),
+            "amount_yuan": draft.amount_yuan,
+            "mode": draft.mode.value,
+            "language": draft.language.language,
+            "needs_interpreter": draft.language.needs_interpreter,
+            "org_code": organisation.code,
+            "applicant_openid": openid,
+            "accept_deadline": accept_deadline,
+            "created_at": now,
+            "updated_at": now,
+        }
+        submitted, routed = CaseStatus.SUBMITTED.value, INITIAL_STATUS.value
+        changes = [
+            (None, submitted, now, f"applicant:{openid}"),
+            (submitted, routed, now, f"routing:{organisation.code}"),
+        ]
+        id_number = normalise_id_number(draft.applicant_id_number)
+        parties = [
+            (
+                APPLICANT,
+                draft.applicant_name,
+                draft.applicant_phone,
+                protector.encrypt(id_number, purpose=ID_NUMBER_PURPOSE),
+                mask_id_number(id_number),
+                protector.blind_index(id_number, purpose=ID_NUMBER_PURPOSE),
+            ),
+            (RESPONDENT, draft.respondent_name, draft.respondent_phone, None, None, None),
+        ]
+        evidence = [(item.media_id, item.kind, item.title) for item in draft.evidence]
+        voice = draft.facts_voice_media_id
+        if voice and all(media_id != voice for media_id, _, _ in evidence):
+            evidence.append((voice, EvidenceKind.VOICE, FACTS_VOICE_TITLE))
+        media = [
+            tuple(pending_media_row(m, openid, kind.value, now)[c] for c in _MEDIA_COLUMNS)
+            for m, kind, _ in evidence
+        ]
+        intake_rows = [
+            (seq, line.direction, line.msg_type, redact_id_numbers(line.content), line.at)
+            for seq, line in enumerate(intake, start=1)
+        ]
+        return cls(
+            case,
+            changes,
+            parties,
+            media,
+            [(m, kind.value, title, now) for m, kind, title in evidence],
+            intake_rows,
+        )
 
 
-async def _insert_case(
-    connection: AsyncConnection, filing: _Filing, protector: PersonalDataProtector
+async def _store_filing(
+    db: AsyncEngine, statements: _FilingStatements, rows: _FilingRows, day: date
 ) -> str:
-    draft, now, org = filing.draft, filing.now, filing.organisation
+    """Store one filing as one transaction; return its case number."""
+    if statements.file_case is not None:
+        async with db.connect() as connection:
+            # One statement is its own transaction: no BEGIN and COMMIT round trips around it.
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return await _file_case_postgresql(connection, statements.file_case, rows, day)
+    async with db.begin() as connection:
+        return await _file_case_in_steps(connection, statements, rows, day)
+
+
+async def _file_case_postgresql(
+    connection: AsyncConnection, statement: Any, rows: _FilingRows, day: date
+) -> str:
+    """One statement (``_one_statement_filing``); ``connection`` must be in autocommit."""
+    values: dict[str, Any] = {f"case_{name}": value for name, value in rows.case.items()}
+    values.update(counter_day=day, day_prefix=_day_prefix(day))
+    for table, columns, table_rows in (
+        (_CHANGES, _CHANGE_COLUMNS, rows.changes),
+        (_PARTIES, _PARTY_COLUMNS, rows.parties),
+        (_MEDIA, _MEDIA_COLUMNS, rows.media),
+        (_EVIDENCE, _EVIDENCE_COLUMNS, rows.evidence),
+        (_INTAKE, _INTAKE_COLUMNS, rows.intake),
+    ):
+        for index, name in enumerate(columns):
+            values[f"{table.name}_{name}"] = [row[index] for row in table_rows]
+    numbered = await connection.execute(statement, values)
+    # Parsed back so that SQL's formatting can never drift from CaseNumber's unnoticed.
+    return str(CaseNumber.parse(numbered.scalar_one()))
+
+
+async def _file_case_in_steps(
+    connection: AsyncConnection, statements: _FilingStatements, rows: _FilingRows, day: date
+) -> str:
+    """Statement by statement, inside the caller's transaction (SQLite)."""
     # The case goes in under a placeholder number; the real one is allocated as the last
     # statement, so that the counter row's lock (which serialises every filing of the day) is
-    # held for that statement and the commit (two statements on SQLite), not the whole filing.
+    # held for that statement and the commit only, not the whole filing.
     placeholder = "pending-" + secrets.token_hex(12)
-    statements = _filing_statements(connection.dialect.name)
-    values = {
-        "case_no": placeholder,
-        "submission_key": filing.submission_key,
-        "status": INITIAL_STATUS.value,
-        "category": draft.category.value,
-        "place_text": draft.place.text,
-        "place_lat": draft.place.latitude,
-        "place_lng": draft.place.longitude,
-        "facts": redact_id_numbers(draft.facts),
-        "claim": redact_id_numbers(draft.claim),
-        "amount_yuan": draft.amount_yuan,
-        "mode": draft.mode.value,
-        "language": draft.language.language,
-        "needs_interpreter": draft.language.needs_interpreter,
-        "org_code": org.code,
-        "applicant_openid": filing.openid,
-        "accept_deadline": filing.accept_deadline,
-        "created_at": now,
-        "updated_at": now,
-    }
-    case_id: int = (await connection.execute(statements.insert_case, values)).scalar_one()
-    changes = [
-        (None, CaseStatus.SUBMITTED, f"applicant:{filing.openid}"),
-        (CaseStatus.SUBMITTED, INITIAL_STATUS, f"routing:{org.code}"),
-    ]
-    await connection.execute(
-        statements.insert_changes,
-        [_change_row(case_id, old, new, actor, now) for old, new, actor in changes],
-    )
-    id_number = normalise_id_number(draft.applicant_id_number)
-    applicant = {
-        "id_number_ciphertext": protector.encrypt(id_number, purpose=ID_NUMBER_PURPOSE),
-        "id_number_masked": mask_id_number(id_number),
-        "id_number_index": protector.blind_index(id_number, purpose=ID_NUMBER_PURPOSE),
-    }
-    respondent = dict.fromkeys(applicant)
-    await connection.execute(
-        statements.insert_parties,
-        [
-            _party_row(case_id, APPLICANT, draft.applicant_name, draft.applicant_phone, applicant),
-            _party_row(
-                case_id, RESPONDENT, draft.respondent_name, draft.respondent_phone, respondent
-            ),
-        ],
-    )
-    evidence = [(item.media_id, item.kind, item.title) for item in draft.evidence]
-    voice = draft.facts_voice_media_id
-    if voice and all(media_id != voice for media_id, _, _ in evidence):
-        evidence.append((voice, EvidenceKind.VOICE, FACTS_VOICE_TITLE))
-    if evidence:
-        pending = [pending_media_row(m, filing.openid, kind.value, now) for m, kind, _ in evidence]
-        await connection.execute(statements.ensure_media, pending)
-        rows = [
-            {"case_id": case_id, "media_id": m, "kind": k.value, "title": t, "created_at": now}
-            for m, k, t in evidence
-        ]
-        await connection.execute(statements.insert_evidence, rows)
-    if filing.intake:
-        await connection.execute(
-            statements.insert_intake,
-            [_intake_row(case_id, seq, line) for seq, line in enumerate(filing.intake, start=1)],
-        )
-    day = china_day(now)
-    if statements.number_case is not None:
-        numbered = await connection.execute(
-            statements.number_case,
-            {"counter_day": day, "case_row": case_id, "day_prefix": _day_prefix(day)},
-        )
-        # Parsed back so that SQL's formatting can never drift from CaseNumber's unnoticed.
-        return str(CaseNumber.parse(numbered.scalar_one()))
+    insert_case = statements.insert_case
+    case_id: int = (
+        await connection.execute(insert_case, {"case_no": placeholder, **rows.case})
+    ).scalar_one()
+
+    def with_case(
+        columns: Sequence[str], table_rows: list[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
+        return [{"case_id": case_id, **dict(zip(columns, row, strict=True))} for row in table_rows]
+
+    await connection.execute(statements.insert_changes, with_case(_CHANGE_COLUMNS, rows.changes))
+    await connection.execute(statements.insert_parties, with_case(_PARTY_COLUMNS, rows.parties))
+    if rows.evidence:
+        media = [dict(zip(_MEDIA_COLUMNS, row, strict=True)) for row in rows.media]
+        await connection.execute(statements.ensure_media, media)
+        evidence = with_case(_EVIDENCE_COLUMNS, rows.evidence)
+        await connection.execute(statements.insert_evidence, evidence)
+    if rows.intake:
+        await connection.execute(statements.insert_intake, with_case(_INTAKE_COLUMNS, rows.intake))
     counter = await connection.execute(statements.next_counter, {"counter_day": day})
     case_no = str(CaseNumber(day, counter.scalar_one()))
     await connection.execute(statements.set_case_no, {"case_row": case_id, "new_case_no": case_no})
     return case_no
-
-
-def _change_row(
-    case_id: int, old: CaseStatus | None, new: CaseStatus, actor: str, at: datetime
-) -> dict[str, Any]:
-    old_value = old.value if old else None
-    return {"case_id": case_id, "old": old_value, "new": new.value, "at": at, "actor": actor}
-
-
-def _party_row(
-    case_id: int, role: str, name: str, phone: str | None, id_number: Mapping[str, str | None]
-) -> dict[str, Any]:
-    return {"case_id": case_id, "role": role, "name": name, "phone": phone, **id_number}
-
-
-def _intake_row(case_id: int, seq: int, line: IntakeLine) -> dict[str, Any]:
-    return {
-        "case_id": case_id,
-        "seq": seq,
-        "direction": line.direction,
-        "msg_type": line.msg_type,
-        "content": redact_id_numbers(line.content),
-        "created_at": line.at,
-    }
 
 
 async def list_cases_for_openid(db: AsyncEngine, openid: str, limit: int = 10) -> list[CaseListing]:
