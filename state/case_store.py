@@ -254,7 +254,7 @@ def _one_statement_filing(next_counter: Any) -> Any:
 
     def unnest(table: sa.Table, columns: Sequence[str]) -> Any:
         arrays = [
-            sa.bindparam(f"{table.name}_{name}", type_=postgresql.ARRAY(table.c[name].type))
+            sa.bindparam(f"{table.name}_{name}", type_=postgresql.ARRAY(_unbounded(table.c[name])))
             for name in columns
         ]
         return (
@@ -284,6 +284,18 @@ def _one_statement_filing(next_counter: Any) -> Any:
         case_rows(_EVIDENCE, _EVIDENCE_COLUMNS),
         case_rows(_INTAKE, _INTAKE_COLUMNS),
     )
+
+
+def _unbounded(column: sa.Column[Any]) -> Any:
+    """The array element type for ``column``: a text column's without its length.
+
+    PostgreSQL's cast to ``varchar(n)`` cuts a longer value short without a word; cast to plain
+    ``varchar``, an over-long value reaches the column's own check and is refused, as a single
+    INSERT refuses it.
+    """
+    # SQLModel's text columns are ``AutoString`` (a TypeDecorator), so ask for a length instead
+    # of a type.
+    return sa.String() if getattr(column.type, "length", None) is not None else column.type
 
 
 def _day_prefix(day: date) -> str:
