@@ -187,6 +187,9 @@ def escape_cdata(text: str) -> str:
     return text.replace("]]>", "]]]]><![CDATA[>")
 
 
+#: The longest ``MediaId`` taken (the column that files it holds 128; WeChat's are 64).
+MAX_MEDIA_ID_CHARS = 128
+
 _MEDIA_KINDS = {
     "image": EvidenceKind.IMAGE,
     "video": EvidenceKind.VIDEO,
@@ -248,6 +251,14 @@ def _msg_id(text: str) -> int:
     return int(text)
 
 
+def _media_id(fields: Mapping[str, Any]) -> str:
+    """The ``MediaId`` of a voice, image or video: what the evidence is fetched and filed by."""
+    media_id = _field(fields, "MediaId")
+    if not media_id or len(media_id) > MAX_MEDIA_ID_CHARS:
+        raise MalformedMessage(f"push with a MediaId of {len(media_id)} characters")
+    return media_id
+
+
 def _field(fields: Mapping[str, Any], name: str) -> str:
     """A text field of the push ('' when absent or empty); a nested one is malformed here."""
     value = fields.get(name)
@@ -267,9 +278,9 @@ def _to_event(
     if msg_type == "voice":
         recognition = _field(fields, "Recognition") or None
         label = f"[语音] {recognition}" if recognition else "[语音]"
-        return events.Voice(_field(fields, "MediaId"), recognition), label
+        return events.Voice(_media_id(fields), recognition), label
     if msg_type in _MEDIA_KINDS:
-        media = events.Media(_field(fields, "MediaId"), _MEDIA_KINDS[msg_type])
+        media = events.Media(_media_id(fields), _MEDIA_KINDS[msg_type])
         return media, _TRANSCRIPT_LABELS[msg_type]
     if msg_type == "location":
         try:

@@ -188,6 +188,11 @@ _HEAD = "<FromUserName>o</FromUserName><CreateTime>1</CreateTime>"
         pytest.param(_HEAD + "<MsgType>location</MsgType>", id="no coordinates"),
         pytest.param(_HEAD + "<MsgType>text</MsgType><MsgId>abc</MsgId>", id="MsgId not a number"),
         pytest.param(_HEAD + "<MsgType>text</MsgType><MsgId>-1</MsgId>", id="negative MsgId"),
+        pytest.param(_HEAD + "<MsgType>image</MsgType><MsgId>1</MsgId>", id="image, no MediaId"),
+        pytest.param(
+            _HEAD + f"<MsgType>voice</MsgType><MediaId>{'m' * 129}</MediaId><MsgId>1</MsgId>",
+            id="MediaId too long",
+        ),
     ],
 )
 def test_a_push_missing_what_every_push_has_is_malformed(fields: str) -> None:
