@@ -268,7 +268,8 @@ class ConversationService:
         self, inbound: InboundMessage, conversation: StoredConversation, keys: GateKeys
     ) -> str:
         now = self._clock()
-        conversation.record("in", inbound.msg_type, inbound.transcript_text, now)
+        said = INTAKE_FLOW.transcript_text(conversation.flow_state, inbound.transcript_text)
+        conversation.record("in", inbound.msg_type, said, now)
         state, pending = advance(INTAKE_FLOW, conversation.flow_state, inbound.event, now)
         queue = list(pending)
         replies: list[str] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cases.draft import CaseDraft
+from flows.commands import parse_command
 from flows.conversation_state import AnswerValue, ConversationState
 from flows.events import Location
 
@@ -40,6 +41,8 @@ class Step:
     question is asked again), ``acknowledge`` the optional line confirming a fresh answer.
     ``from_location`` accepts a WeChat location as the answer; ``voice_key`` makes a voice
     message's media id be kept under that answer key (and fetched) besides its recognition.
+    ``mask`` hides what a message sent at this step says, in the transcript the edge keeps:
+    for sensitive answers, mistyped ones included (see :meth:`Flow.transcript_text`).
     """
 
     key: str
@@ -53,6 +56,7 @@ class Step:
     acknowledge: Callable[[Any], str] | None = None
     from_location: Callable[[Location], AnswerValue] | None = None
     voice_key: str | None = None
+    mask: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,20 @@ class Flow:
         if position is None:
             raise KeyError(f"flow {self.name} has no step {key!r}")
         return self.steps[position]
+
+    def transcript_text(self, state: ConversationState, text: str) -> str:
+        """How a message saying ``text``, sent in ``state``, is kept in the transcript.
+
+        As sent, unless it answers a step with a ``mask`` (a command, such as 「帮助」, is
+        kept as sent): an answer is masked whether or not it is valid, since a mistyped
+        ID number is as personal as a right one.
+        """
+        if state.step is None:
+            return text
+        mask = self.step(state.step).mask
+        if mask is None or parse_command(text) is not None:
+            return text
+        return mask(text)
 
     def after(self, key: str) -> Step | None:
         """The step that follows ``key``, or ``None`` after the last."""

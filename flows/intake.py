@@ -160,6 +160,7 @@ INTAKE_FLOW = Flow(
             parse=_id_number,
             show=mask_id_number,
             acknowledge=lambda id_number: texts.id_recorded(mask_id_number(id_number)),
+            mask=mask_id_number,
         ),
         Step(
             key="respondent_name",

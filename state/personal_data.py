@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cases.id_number import is_valid_id_number, mask_id_number
+from cases.id_number import is_valid_id_number, mask_id_number, normalise_id_number
 from config.settings import Settings
 from jiefen.errors import ConfigurationError
 from state.key_files import create_key_file_once, key_not_configured, read_private_key_file
@@ -41,8 +41,9 @@ _KEY_ID_BYTES = 4
 _VERSION = "v1"
 ID_NUMBER_PURPOSE = "id_number"
 
-# An 18-character resident ID not glued to other digits; checksum decides whether it is one.
-_ID_LIKE = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
+# An 18-character resident ID not glued to other digits, typed whole or in groups split by one
+# space or dash (「110105 19491231 002X」); the checksum decides whether it is one.
+_ID_LIKE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){16}[ -]?[0-9Xx](?![0-9A-Za-z])")
 
 
 def _derive(key: bytes, label: str) -> bytes:
@@ -111,7 +112,7 @@ def redact_id_numbers(text: str) -> str:
 
     def replace(match: re.Match[str]) -> str:
         found = match.group(0)
-        return mask_id_number(found) if is_valid_id_number(found) else found
+        return mask_id_number(found) if is_valid_id_number(normalise_id_number(found)) else found
 
     return _ID_LIKE.sub(replace, text)
 

@@ -509,3 +509,15 @@ def test_summary_stays_within_wechat_limit_with_longest_answers() -> None:
     assert len(summary.encode()) < 2000
     chat.send("确认")
     assert len(submitted_draft(chat).facts) == 2000  # clipped in the summary only
+
+
+def test_the_transcript_masks_whatever_is_typed_at_the_id_step_but_commands() -> None:
+    at_id = ConversationState(phase=Phase.COLLECTING, step="applicant_id")
+    at_name = ConversationState(phase=Phase.COLLECTING, step="applicant_name")
+    transcript = INTAKE_FLOW.transcript_text
+    assert transcript(at_id, "530102199003076081") == "5301**********6081"  # checksum wrong
+    assert transcript(at_id, "5301 0219 9003") == "5301****9003"
+    assert transcript(at_id, "帮助") == "帮助"
+    assert transcript(at_id, "修改 3") == "修改 3"
+    assert transcript(at_name, "张三丰") == "张三丰"
+    assert transcript(ConversationState.initial(), "我要调解") == "我要调解"

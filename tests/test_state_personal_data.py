@@ -81,6 +81,12 @@ def test_redaction_masks_only_real_id_numbers() -> None:
     assert f"{ID_NUMBER}1" in redacted  # glued to a digit: part of something longer
 
 
+def test_redaction_masks_an_id_number_typed_in_groups() -> None:
+    for typed in ("110105 19491231 002x", "110105-19491231-002X", "1101 0519 4912 3100 2X"):
+        redacted = redact_id_numbers(f"身份证 {typed}，电话 138 0013 8000")
+        assert redacted == "身份证 1101**********002X，电话 138 0013 8000", typed
+
+
 def test_key_from_settings(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, data_key=base64.b64encode(KEY).decode())
     assert load_or_create_data_key(settings) == KEY

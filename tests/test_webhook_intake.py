@@ -103,6 +103,32 @@ async def test_a_resident_files_a_dispute_in_every_crypto_mode(
     assert match.group(0) in listing
 
 
+async def test_mistyped_id_numbers_are_masked_in_the_transcript(start: Factory) -> None:
+    # Redaction of free text only knows a valid ID number by its checksum; at the ID step,
+    # whatever the resident types is masked, mistakes included (a commmand is kept as typed).
+    jiefen = await start()
+    openid = "o_mistyped_id"
+    id_step = STEP["consent"] + 4  # consent, category, name, phone, then the ID number
+    assert SCRIPT[id_step] == "53010219900307608x"
+    await _fill(jiefen, openid, id_step)
+    wrong_check = "530102199003076081"  # one character off: checksum fails
+    too_short = "5301 0219 9003 0760"  # 16 digits
+    for attempt in (wrong_check, too_short, "帮助"):
+        assert "身份证" in await jiefen.say(openid, attempt)  # asked again / explained
+    for text in SCRIPT[id_step:]:
+        reply = await jiefen.say(openid, text)
+    match = CASE_NO.search(reply)
+    assert match, reply
+    record = await case_store.get_case(jiefen.services.db, match.group(0))
+    assert record is not None
+    said = [line.content for line in record.intake if line.direction == "in"]
+    assert "5301**********6081" in said and "帮助" in said
+    async with jiefen.services.db.connect() as connection:
+        rows = (await connection.execute(sa.text("SELECT * FROM intake_messages"))).all()
+    for typed in (wrong_check, too_short, "0219 9003", "53010219900307608"):
+        assert typed not in repr(rows)
+
+
 async def test_a_transcript_stored_line_by_line_before_an_upgrade_is_filed_whole(
     start: Factory,
 ) -> None:
