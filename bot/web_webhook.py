@@ -177,7 +177,7 @@ class WebhookHandler:
             log.exception("handling %s from a resident failed", inbound.message_key)
             if not settled.done():
                 settled.set_exception(error)
-                settled.exception()  # retrieved: the request answers 500 so WeChat retries
+                settled.exception()  # retrieved: the request tells the resident to send it again
             else:
                 await self._push_quietly(inbound.openid, [texts.MESSAGE_NOT_HANDLED])
             return

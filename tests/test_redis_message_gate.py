@@ -29,7 +29,7 @@ async def test_first_delivery_runs_and_a_retry_gets_the_same_reply(
     next_turn = await gate.begin(gate.keys("gh_a", "o_user", "msg:2"))
     assert isinstance(next_turn, Turn) and next_turn.conversation == b"\x00state"
     ttl = await redis_client.ttl(keys.conversation)
-    assert 0 < ttl <= 7 * 24 * 3600
+    assert 7 * 24 * 3600 - 60 < ttl <= 7 * 24 * 3600  # a resident may come back for 7 days
 
 
 async def test_messages_of_one_user_take_turns_in_order(

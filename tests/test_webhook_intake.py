@@ -390,6 +390,13 @@ async def test_a_resident_resumes_after_the_server_restarts(start: Factory) -> N
     first = await start()
     openid = "o_resume"
     await _fill(first, openid, 6)
+    # What lets the resident come back days later: the half-finished intake is kept for
+    # JIEFEN_CONVERSATION_TTL_DAYS (7), from their last message.
+    user = f"{first.settings.redis_prefix}user:gh_jiefen:{openid}:"
+    week = first.settings.conversation_ttl_days * 24 * 3600
+    assert week == 7 * 24 * 3600
+    for kept in ("conversation", "transcript"):
+        assert week - 60 < await first.services.redis.ttl(user + kept) <= week, kept
     second = await start()  # another process: state lives in Redis, not in the first one
     replies = [await second.say(openid, text) for text in SCRIPT[6:]]
     assert CASE_NO.search(replies[-1]), replies[-1]
