@@ -17,7 +17,7 @@ from tests.harness import RunningJiefen, running_jiefen
 OPENID = "o_security_test_user"
 
 
-@pytest.fixture(params=[CryptoMode.SAFE, CryptoMode.PLAIN])
+@pytest.fixture(params=[CryptoMode.SAFE, CryptoMode.COMPAT, CryptoMode.PLAIN])
 async def jiefen(
     request: pytest.FixtureRequest,
     pg_database_url: str,
@@ -67,11 +67,37 @@ async def test_stale_timestamp_is_refused(jiefen: RunningJiefen) -> None:
     await _still_serving(jiefen)
 
 
+async def test_a_timestamp_just_past_five_minutes_is_refused_and_just_within_accepted(
+    jiefen: RunningJiefen,
+) -> None:
+    tolerance = jiefen.settings.wechat_timestamp_tolerance_s
+    assert tolerance == 300
+    now = int(time.time())
+    for skew in (-(tolerance + 5), tolerance + 5):  # late, and from a clock running ahead
+        late = jiefen.simulator.text(OPENID, "我要调解", timestamp=now + skew)
+        assert (await jiefen.post_raw(late))[0] == 403, skew
+    just_within = jiefen.simulator.text(OPENID, "我要调解", timestamp=now - (tolerance - 10))
+    assert (await jiefen.post_raw(just_within))[0] == 200
+
+
 async def test_oversized_body_gets_413(jiefen: RunningJiefen) -> None:
     push = jiefen.simulator.text(OPENID, "长" * 40_000)  # ~120 KB of UTF-8
     status, _ = await jiefen.post_raw(push)
     assert status == 413
     await _still_serving(jiefen)
+
+
+async def test_a_body_one_byte_over_64_kib_gets_413_and_64_kib_is_read(
+    jiefen: RunningJiefen,
+) -> None:
+    limit = jiefen.settings.wechat_max_body_bytes
+    assert limit == 64 * 1024
+    push = jiefen.simulator.text(OPENID, "我要调解")
+    padding = b" " * (limit + 1 - len(push.body))  # whitespace after the root: still a push
+    status, _ = await jiefen.post_raw(dataclasses.replace(push, body=push.body + padding))
+    assert status == 413
+    fits = dataclasses.replace(push, body=push.body + padding[:-1])
+    assert (await jiefen.post_raw(fits))[0] == 200
 
 
 async def test_xxe_and_entity_expansion_are_refused(jiefen: RunningJiefen) -> None:
