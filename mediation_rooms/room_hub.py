@@ -80,6 +80,14 @@ EMPTY_ROOM_GRACE_S = 120.0
 #: How long closing a socket waits for the client's answer: the room's lock is held meanwhile
 #: (end, remove), so a client that never answers must not hold the room up for long.
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0
+#: What aiortc raises for an SDP answer or ICE candidate it cannot parse: its parsers index,
+#: convert and ``assert`` their way through the text (``m=video x`` fails an assertion).
+_UNPARSABLE = (LookupError, ValueError, AssertionError)
+
+
+def _why(error: Exception) -> str:
+    """Why aiortc refused what a client sent, for the error message (an assertion says nothing)."""
+    return str(error) or f"cannot be parsed ({type(error).__name__})"
 
 
 class RoomHub:
@@ -376,16 +384,16 @@ class RoomHub:
         if isinstance(message, Answer):
             try:
                 follow_up = await room.media.accept_answer(seat, message.sdp)
-            except (LookupError, ValueError) as error:
-                raise ProtocolError("invalid_answer", str(error)) from None
+            except _UNPARSABLE as error:
+                raise ProtocolError("invalid_answer", _why(error)) from None
             if follow_up is not None:  # a seat was opened while this answer was awaited
                 await attendee.send_offer(follow_up)
             return
         if isinstance(message, IceCandidate):
             try:
                 await room.media.add_ice_candidate(seat, message.candidate, message.sdp_mid)
-            except (LookupError, ValueError) as error:
-                raise ProtocolError("invalid_candidate", str(error)) from None
+            except _UNPARSABLE as error:
+                raise ProtocolError("invalid_candidate", _why(error)) from None
             return
         if isinstance(message, Join):
             raise ProtocolError("already_joined", "this connection has joined already")

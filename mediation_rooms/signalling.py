@@ -117,7 +117,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ProtocolError("malformed", "not JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("malformed", "a message is a JSON object")

@@ -335,6 +335,13 @@ async def test_refusals_are_clear_and_malformed_messages_do_not_break_the_socket
     await mediator.next("welcome")
     await mediator.ws.send_str("{not json")
     assert (await mediator.next("error"))["code"] == "malformed"
+    await mediator.ws.send_str("[" * 30_000)  # nested past the JSON parser's recursion limit
+    assert (await mediator.next("error"))["code"] == "malformed"
+    # What aiortc's own parsers choke on (one of them with a bare assertion).
+    await mediator.send("answer", sdp="v=0\r\nm=video x")
+    assert (await mediator.next("error"))["code"] == "invalid_answer"
+    await mediator.send("ice", candidate="candidate:garbage", sdpMid="0")
+    assert (await mediator.next("error"))["code"] == "invalid_candidate"
     await mediator.send("dance")
     assert (await mediator.next("error"))["code"] == "unknown_type"
     await mediator.send("admit", seat="nobody")
