@@ -309,10 +309,13 @@ class LiveRoom:
         attendees = list(self.attendees.values())
         self.attendees.clear()
         self.waiting.clear()
+        # Recording and forwarding stop now, before anyone is told: closing the sockets waits
+        # for each page's answer (up to CLOSE_HANDSHAKE_TIMEOUT_S), and nothing said once the
+        # session has ended may reach the others or the recording.
+        await self.media.close()
         await asyncio.gather(
             *(attendee.close(CLOSE_ENDED, "ended", texts.ENDED) for attendee in attendees)
         )
-        await self.media.close()
         await self.save()
         await self.hub.unhost(self)
         if self.lifecycle.state is RoomState.ENDED and self.hub.jobs is not None:
