@@ -195,6 +195,8 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
     while not any(p["seat"] == "applicant" and p["waiting"] for p in presence["participants"]):
         presence = await mediator.next("presence")
 
+    assert mediator.peer is not None
+    sent_before_live = mediator.peer.video_track.sent  # the recording starts when it goes live
     await mediator.send("admit", seat="applicant")
     await applicant.next("admitted")
     await applicant.answer_offer()
@@ -235,6 +237,16 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
     await mediator.send("end")
     for client in (mediator, applicant, respondent):
         await client.next("ended")
+    sent = {
+        seat: client.peer.video_track.sent
+        for seat, client in (
+            ("mediator", mediator),
+            ("applicant", applicant),
+            ("respondent", respondent),
+        )
+        if client.peer is not None
+    }
+    sent["mediator"] -= sent_before_live
     room = await room_store.get_room(jiefen.services.db, opened["room_id"])
     # Ended; the embedded worker may already be finalising it.
     assert room is not None and room.state in ("ended", "archived")
@@ -271,7 +283,25 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
     assert manifest["participants"][1]["consents"]["recording"] is True
     videos = {f["seat"]: f for f in manifest["files"] if f.get("kind") == "video"}
     assert set(videos) == {"mediator", "applicant", "respondent"}
-    assert all(video["frames"] > 30 and video["codec"] == "vp8" for video in videos.values())
+    assert all(video["codec"] == "vp8" for video in videos.values())
+    assert room.live_at is not None and room.ended_at is not None
+    live_s = (room.ended_at - room.live_at).total_seconds()
+    for seat, video in videos.items():
+        # Every frame sent while live is in the recording, the caucus included, and nothing
+        # sent once the session ended: all but the few in flight when it stopped (the
+        # mediator's count may also take in a few sent before the room went live).
+        slack = 12 if seat == "mediator" else 6
+        assert sent[seat] - slack <= video["frames"] <= sent[seat], (seat, video, sent)
+        with av.open(str(directory / video["name"])) as container:
+            stream = container.streams.video[0]
+            pts = [p.pts for p in container.demux(stream) if p.size]
+            span_s = float((pts[-1] - pts[0]) * stream.time_base)
+        # On the room's clock the file lasts as long as its frames took to send (30 fps), and
+        # no longer than the room was live.
+        assert abs(span_s - video["frames"] / 30) < 0.5, (seat, span_s, video["frames"])
+        assert span_s <= live_s + 0.5, (seat, span_s, live_s)
+    mediator_video = videos["mediator"]
+    assert mediator_video["frames"] / 30 > live_s - 1.0, (mediator_video, live_s)
     # The evidence was sealed before the render; the court copy has its own signed record.
     assert not any(f["name"] == "court-copy.mp4" for f in manifest["files"])
     assert verification.court_copy is not None
@@ -373,6 +403,65 @@ async def test_a_second_device_replaces_the_first(jiefen: RunningJiefen, connect
     before = await frames(mediator, "applicant")
     await wait_frames(mediator, "applicant", before + 20)
     assert not any(m["type"] == "waiting" for m in second.messages)
+
+
+@pytest.mark.timeout(120)
+async def test_a_participant_who_vanishes_leaves_the_others_and_the_recording_going(
+    jiefen: RunningJiefen, connect: Any
+) -> None:
+    case_no = await file_case(jiefen)
+    opened = await open_room(jiefen, case_no)
+    links = opened["links"]
+    mediator, applicant = await admit_applicant(connect, links)
+    respondent = await connect(token_of(links["respondent"]), identity=RESPONDENT_PHONE)
+    await respondent.next("waiting")
+    await mediator.send("admit", seat="respondent")
+    await respondent.answer_offer()
+    await wait_frames(mediator, "respondent", 20)
+    await wait_frames(respondent, "mediator", 20)
+    directory = jiefen.settings.recordings_dir / opened["room_id"]
+
+    # The applicant's phone drops off the network: no goodbye on the socket, and its media
+    # stops. (The TCP connection is cut under the WebSocket, as when the phone's browser is
+    # killed; the peer connection then goes quietly.)
+    assert applicant.peer is not None
+    applicant.ws._response.connection.transport.abort()  # type: ignore[union-attr]
+    await applicant.peer.close()
+    applicant.peer = None
+
+    async def applicant_gone() -> bool:
+        presence = await mediator.next("presence")
+        return not next(p for p in presence["participants"] if p["seat"] == "applicant")["present"]
+
+    while not await applicant_gone():
+        pass
+    # The other two carry on, and so does the recording.
+    held = await frames(mediator, "applicant")
+    mediator_file = directory / "mediator-video-01.webm"
+    size = mediator_file.stat().st_size
+    for client, seat in ((mediator, "respondent"), (respondent, "mediator")):
+        await wait_frames(client, seat, await frames(client, seat) + 30)
+    assert mediator_file.stat().st_size > size
+    assert await frames(mediator, "applicant") == held
+
+    # The same link brings the applicant back, straight in (still admitted), both ways.
+    back = await connect(token_of(links["applicant"]), identity=ID_NUMBER[-6:])
+    await back.answer_offer()
+    await wait_frames(mediator, "applicant", held + 20)
+    await wait_frames(back, "respondent", 20)
+    assert not any(m["type"] == "waiting" for m in back.messages)
+
+    await mediator.send("end")
+    await mediator.next("ended")
+    timeline = [
+        json.loads(line) for line in (directory / "timeline.jsonl").read_text().splitlines()
+    ]
+    applicant_events = [e["event"] for e in timeline if e.get("seat") == "applicant"]
+    left = applicant_events.index("left")
+    assert "joined" in applicant_events[left:], applicant_events
+    with av.open(str(directory / "applicant-video-01.webm")) as container:
+        pts = [packet.pts for packet in container.demux(video=0) if packet.size]
+    assert len(pts) > held and pts == sorted(pts)
 
 
 async def test_the_rooms_api_needs_its_token(jiefen: RunningJiefen) -> None:
