@@ -21,7 +21,7 @@ import pytest
 
 from mediation_rooms.join_token import JoinClaims, issue_join_token
 from mediation_rooms.manifest import verify_recording
-from mediation_rooms.signalling import CLOSE_REFUSED, CLOSE_REPLACED
+from mediation_rooms.signalling import CLOSE_REFUSED, CLOSE_REMOVED, CLOSE_REPLACED
 from mediation_rooms.synthetic_peer import SyntheticPeer, synthetic_clip
 from state import room_store
 from state.signing_key import load_or_create_signing_key
@@ -462,6 +462,49 @@ async def test_a_participant_who_vanishes_leaves_the_others_and_the_recording_go
     with av.open(str(directory / "applicant-video-01.webm")) as container:
         pts = [packet.pts for packet in container.demux(video=0) if packet.size]
     assert len(pts) > held and pts == sorted(pts)
+
+
+@pytest.mark.timeout(120)
+async def test_the_mediator_denies_mutes_and_removes_through_signalling(
+    jiefen: RunningJiefen, connect: Any
+) -> None:
+    case_no = await file_case(jiefen)
+    links = (await open_room(jiefen, case_no))["links"]
+    mediator, applicant = await admit_applicant(connect, links)
+
+    # Deny: the waiting respondent is told and let go.
+    respondent = await connect(token_of(links["respondent"]), identity=RESPONDENT_PHONE)
+    await respondent.next("waiting")
+    await mediator.send("deny", seat="respondent")
+    assert "调解员" in (await respondent.next("denied"))["message"]
+    await respondent.ws.receive()
+    assert respondent.ws.close_code == CLOSE_REMOVED
+
+    # Mute: the server stops forwarding the applicant's audio, not their video.
+    assert mediator.peer is not None
+    heard = mediator.peer.received_from("applicant", "audio")
+    await mediator.send("mute", seat="applicant", muted=True)
+    await asyncio.sleep(0.3)  # what was in flight arrives
+    silenced_at = heard.frames
+    video = await frames(mediator, "applicant")
+    await wait_frames(mediator, "applicant", video + 30)
+    assert heard.frames == silenced_at
+    await mediator.send("mute", seat="applicant", muted=False)
+    deadline = time.monotonic() + 10
+    while heard.frames < silenced_at + 25:
+        assert time.monotonic() < deadline, "the applicant's audio did not come back"
+        await asyncio.sleep(0.05)
+
+    # Remove: the applicant is told and let go, and their link leads to the waiting room again.
+    await mediator.send("remove", seat="applicant")
+    assert (await applicant.next("removed"))["message"]
+    await applicant.ws.receive()
+    assert applicant.ws.close_code == CLOSE_REMOVED
+    video = await frames(mediator, "applicant")
+    await asyncio.sleep(0.5)
+    assert await frames(mediator, "applicant") <= video + 3  # at most what was in flight
+    again = await connect(token_of(links["applicant"]), identity=ID_NUMBER[-6:])
+    await again.next("waiting")
 
 
 async def test_the_rooms_api_needs_its_token(jiefen: RunningJiefen) -> None:
