@@ -14,7 +14,7 @@ These hooks close the gap:
 - :func:`cap_bitrate_estimate` clamps the REMB a receiver sends back, capping the publisher.
 
 They rely on private names of aiortc **1.16.0**, the version pinned in ``pyproject.toml``;
-:func:`check_compatible` verifies every one of them and ``tests/test_aiortc_hooks.py`` runs it,
+:func:`check_compatible` verifies every one of them and ``tests/test_media_forwarding.py`` runs it,
 so an upgrade that moves them fails loudly instead of silently decoding again.
 """
 
