@@ -81,8 +81,11 @@ class Attendee:
             renegotiation=offer.renegotiation,
         )
 
-    async def close(self, code: int, kind: str, message: str) -> None:
-        await self.send(kind, message=message)
+    async def close(self, code: int, kind: str, message: str, *, told: bool = False) -> None:
+        """Tell the page why (``kind`` with ``message``; not again when ``told``), then close
+        the socket, waiting up to CLOSE_HANDSHAKE_TIMEOUT_S for the page's answer."""
+        if not told:
+            await self.send(kind, message=message)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.close(code=code, message=kind.encode())
 
@@ -309,12 +312,19 @@ class LiveRoom:
         attendees = list(self.attendees.values())
         self.attendees.clear()
         self.waiting.clear()
-        # Recording and forwarding stop now, before anyone is told: closing the sockets waits
-        # for each page's answer (up to CLOSE_HANDSHAKE_TIMEOUT_S), and nothing said once the
-        # session has ended may reach the others or the recording.
+        # Everyone is told (a message: no waiting), then recording and forwarding stop, and
+        # only then are the sockets closed: each close waits for the page's answer (up to
+        # CLOSE_HANDSHAKE_TIMEOUT_S), and nothing said once the session has ended may reach
+        # the others or the recording meanwhile.
+        await asyncio.gather(
+            *(attendee.send("ended", message=texts.ENDED) for attendee in attendees)
+        )
         await self.media.close()
         await asyncio.gather(
-            *(attendee.close(CLOSE_ENDED, "ended", texts.ENDED) for attendee in attendees)
+            *(
+                attendee.close(CLOSE_ENDED, "ended", texts.ENDED, told=True)
+                for attendee in attendees
+            )
         )
         await self.save()
         await self.hub.unhost(self)

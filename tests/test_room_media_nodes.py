@@ -28,7 +28,13 @@ from mediation_rooms.manifest import verify_recording
 from mediation_rooms.signalling import CLOSE_MOVED
 from state.signing_key import load_or_create_signing_key
 from tests.conftest import REDIS_URL
-from tests.harness import ADMIN_TOKEN, RunningJiefen, clean_environment, running_jiefen
+from tests.harness import (
+    ADMIN_TOKEN,
+    RunningJiefen,
+    clean_environment,
+    eventually,
+    running_jiefen,
+)
 from tests.test_room_signalling import (
     RESPONDENT_PHONE,
     Client,
@@ -215,16 +221,23 @@ async def _session_across_a_failover(
     await mediator.next("ended")
 
     directory = web.settings.recordings_dir / first["room_id"]
+    timeline = directory / "timeline.jsonl"
+
+    # "ended" goes out just before the recording is closed.
+    async def closed() -> bool:
+        return '"recording_closed"' in timeline.read_text(encoding="utf-8")
+
+    assert await eventually(closed)
     names = {path.name for path in directory.iterdir()}
     for seat in ("mediator", "applicant"):
         # Part 01 from the killed process, part 02 from the survivor, in the shared directory.
         assert {f"{seat}-video-01.webm", f"{seat}-video-02.webm"} <= names, names
     events = [
-        json.loads(line)["event"]
-        for line in (directory / "timeline.jsonl").read_text().splitlines()
-        if line.strip()
+        json.loads(line)["event"] for line in timeline.read_text().splitlines() if line.strip()
     ]
-    assert "recording_resumed" in events and events[-1] == "ended"
+    assert "recording_resumed" in events and events[-1] == "recording_closed"
+    after_end = events[events.index("ended") + 1 : -1]
+    assert set(after_end) <= {"connection_closed"}, after_end  # the media, closing
 
     # The web process's embedded worker finalises it; the manifest covers both parts.
     deadline = time.monotonic() + 120

@@ -288,10 +288,11 @@ async def test_a_whole_session_waiting_room_admit_caucus_end(
     live_s = (room.ended_at - room.live_at).total_seconds()
     for seat, video in videos.items():
         # Every frame sent while live is in the recording, the caucus included, and nothing
-        # sent once the session ended: all but the few in flight when it stopped (the
-        # mediator's count may also take in a few sent before the room went live).
+        # sent once the session ended: "ended" is sent just before the recording stops (a few
+        # frames may be on their way), the mediator's count may take in a few sent before the
+        # room went live, and the last frame or two stay in the jitter buffer.
         slack = 12 if seat == "mediator" else 6
-        assert sent[seat] - slack <= video["frames"] <= sent[seat], (seat, video, sent)
+        assert sent[seat] - slack <= video["frames"] <= sent[seat] + 3, (seat, video, sent)
         with av.open(str(directory / video["name"])) as container:
             stream = container.streams.video[0]
             pts = [p.pts for p in container.demux(stream) if p.size]
