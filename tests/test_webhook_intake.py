@@ -105,7 +105,7 @@ async def test_a_resident_files_a_dispute_in_every_crypto_mode(
 
 async def test_mistyped_id_numbers_are_masked_in_the_transcript(start: Factory) -> None:
     # Redaction of free text only knows a valid ID number by its checksum; at the ID step,
-    # whatever the resident types is masked, mistakes included (a commmand is kept as typed).
+    # whatever the resident types is masked, mistakes included (a command is kept as typed).
     jiefen = await start()
     openid = "o_mistyped_id"
     id_step = STEP["consent"] + 4  # consent, category, name, phone, then the ID number
