@@ -17,18 +17,28 @@ Rules kept here:
   its reference shows garbage.
 - Keyframe requests reaching a publisher are rate-limited (one per ``KEYFRAME_REQUEST_GAP_S``).
 - A stalled video stream (no frame for ``STALL_AFTER_S`` while connected) gets a keyframe
-  request from the watchdog: aiortc's jitter buffer waits forever for a lost packet otherwise.
+  request from the watchdog. If the stall is a lost packet whose retransmission never came
+  (aiortc's jitter buffer holds everything behind it, the keyframe asked for included, for
+  seconds), the watchdog also moves the buffer past it to the first complete keyframe it
+  holds after it (``aiortc_hooks.skip_past_loss``), checking again on every round until it has. A
+  retransmission takes far less than ``STALL_AFTER_S``, so one arriving late but in time
+  fills its hole and is used; only a stall is given up on.
+- After such a loss the whole publication restarts on a keyframe: until one goes out, no
+  frame reaches any subscriber or the recording (frames after the hole reference what was
+  lost, and a decoder would show garbage until the next keyframe).
 - A subscriber that cannot keep up loses frames, never the room: its queue is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from fractions import Fraction
-from typing import Protocol
+from typing import Any, Protocol
 
+import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -51,18 +61,34 @@ class ForwardedFrame:
 
     ``pts`` is in ``time_base`` units (the codec's RTP clock) and continuous for the
     publication; ``arrival`` is ``time.monotonic()`` when the frame was complete.
+    ``packet``: what the subscribers' senders pack, when it must be a real ``av.Packet``
+    (aiortc's H.264 packer asserts it is one; its VP8 and Opus packers take this object as
+    it is). Made once per frame, shared by every subscriber: packing only reads it.
     """
 
-    __slots__ = ("arrival", "data", "keyframe", "pts", "time_base")
+    __slots__ = ("arrival", "data", "keyframe", "packet", "pts", "time_base")
 
     def __init__(
-        self, data: bytes, pts: int, time_base: Fraction, keyframe: bool, arrival: float
+        self,
+        data: bytes,
+        pts: int,
+        time_base: Fraction,
+        keyframe: bool,
+        arrival: float,
+        *,
+        as_packet: bool = False,
     ) -> None:
         self.data = data
         self.pts = pts
         self.time_base = time_base
         self.keyframe = keyframe
         self.arrival = arrival
+        self.packet: av.Packet[Any] | None = None
+        if as_packet:
+            packet = av.Packet(data)
+            packet.pts = pts
+            packet.time_base = time_base
+            self.packet = packet
 
     def __bytes__(self) -> bytes:
         return self.data
@@ -99,6 +125,10 @@ class Publication:
         self.subscriptions: set[Subscription] = set()
         self.sink: FrameSink | None = None
         self.frames_received = 0
+        #: Frames the receiver released after a loss, before a keyframe: forwarded to no one.
+        self.frames_discarded = 0
+        #: How often the jitter buffer was moved past a lost packet to a keyframe.
+        self.loss_skips = 0
         self.last_arrival: float | None = None
         #: ``last_arrival`` of the stall last reported, so that one stall is reported once.
         self._stall_reported: float | None = None
@@ -108,6 +138,10 @@ class Publication:
         self._rebase = False
         self._last_keyframe_request = 0.0
         self._pending_request: asyncio.Task[None] | None = None
+        #: A packet was lost for good: forward nothing until a keyframe.
+        self._restart_on_keyframe = False
+        self._is_keyframe = functools.partial(is_keyframe, codec_name)
+        self._packs_av_packets = kind == "video" and codec_name == "H264"
 
     @property
     def connected(self) -> bool:
@@ -139,8 +173,17 @@ class Publication:
         self._last_pts = pts
         self.last_arrival = now
         self.frames_received += 1
-        keyframe = self.kind == "audio" or is_keyframe(self.codec_name, encoded.data)
-        frame = ForwardedFrame(encoded.data, pts, self.time_base, keyframe, now)
+        keyframe = self.kind == "audio" or self._is_keyframe(encoded.data)
+        if self._restart_on_keyframe:
+            if not keyframe:
+                self.frames_discarded += 1
+                self.request_keyframe()
+                return
+            self._restart_on_keyframe = False
+            log.info("%s/%s: restarted on a keyframe after a loss", self.seat, self.kind)
+        frame = ForwardedFrame(
+            encoded.data, pts, self.time_base, keyframe, now, as_packet=self._packs_av_packets
+        )
         for subscription in self.subscriptions:
             subscription.offer(frame)
         if self.sink is not None:
@@ -165,16 +208,34 @@ class Publication:
 
     def check_stall(self, now: float) -> bool:
         """The watchdog's test: connected video with no frame for ``STALL_AFTER_S`` gets a
-        keyframe request (rate-limited) on every check; True only when a stall begins."""
+        keyframe request (rate-limited) on every check and, if the receiver holds packets
+        behind a lost one, is restarted on a keyframe (:meth:`_skip_past_loss`). True only
+        when a stall begins."""
         if self.kind != "video" or self._receiver is None or self.last_arrival is None:
             return False
         if now - self.last_arrival < STALL_AFTER_S:
             return False
         self.request_keyframe()
+        self._skip_past_loss(self._receiver)
         if self._stall_reported == self.last_arrival:
             return False
         self._stall_reported = self.last_arrival
         return True
+
+    def _skip_past_loss(self, receiver: RTCRtpReceiver) -> None:
+        """Move ``receiver``'s jitter buffer to the first complete keyframe after the packet it
+        waits for, if it waits for one; from then on nothing but a keyframe goes out, whatever
+        the buffer releases next (were no keyframe to come, aiortc's own overflow would carry on
+        with the delta frames after the hole)."""
+        found = aiortc_hooks.skip_past_loss(receiver, self._is_keyframe)
+        if found is aiortc_hooks.LossSkip.NOTHING_LOST:
+            return  # the publisher sends nothing: what it sends next is still decodable
+        if not self._restart_on_keyframe:
+            self._restart_on_keyframe = True
+            log.warning("%s/%s: a packet was lost for good", self.seat, self.kind)
+        if found is aiortc_hooks.LossSkip.SKIPPED:
+            self.loss_skips += 1
+            log.info("%s/%s: skipped to a keyframe past the lost packet", self.seat, self.kind)
 
 
 class SubscriptionTrack(MediaStreamTrack):
@@ -185,14 +246,14 @@ class SubscriptionTrack(MediaStreamTrack):
         self.kind = kind
         self.queue: asyncio.Queue[ForwardedFrame | None] = asyncio.Queue()
 
-    async def recv(self) -> ForwardedFrame:  # type: ignore[override]
+    async def recv(self) -> ForwardedFrame | av.Packet[Any]:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError
         frame = await self.queue.get()
         if frame is None:
             self.stop()
             raise MediaStreamError
-        return frame
+        return frame if frame.packet is None else frame.packet
 
     def stop(self) -> None:
         if self.readyState == "live":

@@ -1,8 +1,8 @@
 """A participant made of code: an aiortc peer that sends pre-encoded media and counts what it gets.
 
-Used by the tests and by ``jiefen bench rooms``. Sending is cheap: a short VP8 clip and an
-Opus clip are encoded once (:func:`synthetic_clip`) and replayed at real time as packets, which
-aiortc packs without encoding. Receiving is cheap too: frames are counted as they are
+Used by the tests and by ``jiefen bench rooms``. Sending is cheap: a short VP8 (or H.264) clip
+and an Opus clip are encoded once (:func:`synthetic_clip`) and replayed at real time as
+packets, which aiortc packs without encoding. Receiving is cheap too: frames are counted as they are
 re-assembled (the same receiver tap the server uses), and only kept for decoding on request.
 """
 
@@ -45,6 +45,8 @@ class Clip:
     height: int
     video: tuple[tuple[bytes, bool], ...]
     audio: tuple[bytes, ...]
+    #: The video codec, as a room names it: ``VP8`` or ``H264`` (Annex B access units).
+    codec: str = "VP8"
 
     @property
     def video_bitrate_bps(self) -> float:
@@ -53,15 +55,43 @@ class Clip:
 
 @functools.cache
 def synthetic_clip(
-    width: int = 640, height: int = 480, seconds: int = 2, bitrate_bps: int = 800_000
+    width: int = 640,
+    height: int = 480,
+    seconds: int = 2,
+    bitrate_bps: int = 800_000,
+    codec: str = "VP8",
+    keyframe_interval: int = VIDEO_FPS,
 ) -> Clip:
-    """A moving-noise VP8 clip with a keyframe every second, and a 1 s Opus tone."""
-    encoder = av.CodecContext.create("libvpx", "w")
+    """A moving-noise clip with a keyframe every ``keyframe_interval`` frames (a second), and a
+    1 s Opus tone.
+
+    ``codec`` ``VP8`` or ``H264``: H.264 is constrained baseline, as aiortc offers it
+    (profile-level-id 42e01f, packetization-mode 1), one Annex B access unit a frame with the
+    SPS and PPS in band before every IDR, as a browser sends it.
+    """
+    encoder: Any
+    if codec == "H264":
+        encoder = av.CodecContext.create("libx264", "w")
+        encoder.profile = "Baseline"  # libx264 marks it constrained (constraint_set1)
+        # No global header (the parameter sets stay in band); zerolatency: no B-frames, no
+        # lookahead, a packet out for every frame in; one thread, so the same clip everywhere;
+        # no scene-cut keyframes, so a keyframe exactly every ``keyframe_interval`` frames.
+        encoder.options = {
+            "preset": "veryfast",
+            "tune": "zerolatency",
+            "threads": "1",
+            "x264-params": "scenecut=0",
+        }
+        encoder.framerate = fractions.Fraction(VIDEO_FPS, 1)  # its rate control's frame rate
+    elif codec == "VP8":
+        encoder = av.CodecContext.create("libvpx", "w")
+        encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    else:
+        raise ValueError(f"no synthetic clip in {codec}")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     encoder.time_base = fractions.Fraction(1, VIDEO_FPS)
     encoder.bit_rate = bitrate_bps
-    encoder.gop_size = VIDEO_FPS
-    encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    encoder.gop_size = keyframe_interval
     # A gradient that scrolls, with a patch of noise that moves across it: enough detail and
     # motion for a realistic bitrate, unlike a flat colour (tiny frames) or full noise (huge).
     rng = random.Random(1)
@@ -101,7 +131,7 @@ def synthetic_clip(
         audio_frame.sample_rate = 48_000
         audio_frame.pts = index * samples
         audio.extend(bytes(packet) for packet in audio_encoder.encode(audio_frame))
-    return Clip(width, height, tuple(video), tuple(audio))
+    return Clip(width, height, tuple(video), tuple(audio), codec)
 
 
 class ReplayTrack(MediaStreamTrack):
@@ -117,15 +147,31 @@ class ReplayTrack(MediaStreamTrack):
         self._start: float | None = None
         self._jump_to_keyframe = False
         self._position = 0
+        self._running = asyncio.Event()
+        self._running.set()
         self.sent = 0
+        #: PLIs and FIRs that reached this track's sender, counted one by one.
+        self.keyframe_requests = 0
 
     def request_keyframe(self) -> None:
         """A PLI arrived: the next frame sent is the clip's next keyframe (valid: it resets)."""
+        self.keyframe_requests += 1
         self._jump_to_keyframe = self.kind == "video"
+
+    def pause(self) -> None:
+        """Send nothing until :meth:`resume`, as a frozen camera would; the connection stays up."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        """Send again, at real time from now on (the frames the pause skipped are not sent)."""
+        self._running.set()
 
     async def recv(self) -> Any:
         if self.readyState != "live":
             raise MediaStreamError
+        if not self._running.is_set():
+            await self._running.wait()
+            self._start = time.monotonic() - self.sent * self._interval
         if self._start is None:
             self._start = time.monotonic()
         due = self._start + self.sent * self._interval
@@ -159,6 +205,11 @@ class ReceivedStream:
     last_frame_at: float | None = None
     #: The longest time between two frames (seconds): a break in the stream shows here.
     longest_gap_s: float = 0.0
+    #: Video: how often frames went missing (the RTP timestamp leapt over one frame at the
+    #: clip's rate, or more), and how often a delta frame came next, which a decoder cannot use.
+    skips: int = 0
+    skips_onto_delta: int = 0
+    last_timestamp: int | None = None
     sample_keyframe: bytes | None = None
 
 
@@ -193,15 +244,23 @@ class SyntheticPeer:
 
         def count(frame: JitterFrame) -> None:
             now = time.monotonic()
+            seat_kind = self.tracks.get(mid)
+            is_video = seat_kind is not None and seat_kind[1] == "video"
+            keyframe = is_video and is_keyframe(self.video_codec, frame.data)
             stream.frames += 1
             if stream.first_frame_at is None:
                 stream.first_frame_at = now
             if stream.last_frame_at is not None:
                 stream.longest_gap_s = max(stream.longest_gap_s, now - stream.last_frame_at)
             stream.last_frame_at = now
-            seat_kind = self.tracks.get(mid)
-            is_video = seat_kind is not None and seat_kind[1] == "video"
-            if is_video and is_keyframe(self.video_codec, frame.data):
+            if is_video and stream.last_timestamp is not None:
+                step = (frame.timestamp - stream.last_timestamp) % 2**32
+                if step > 90_000 * 3 // (2 * VIDEO_FPS):
+                    stream.skips += 1
+                    if not keyframe:
+                        stream.skips_onto_delta += 1
+            stream.last_timestamp = frame.timestamp
+            if keyframe:
                 stream.keyframes += 1
                 if stream.sample_keyframe is None:
                     stream.sample_keyframe = frame.data
