@@ -122,9 +122,15 @@ class CourtCopySpec:
         )
 
 
+#: Suffixes of per-person files: WebM (VP8, Opus), Matroska (H.264), and MPEG-TS, in which
+#: rooms recorded before H.264 went into Matroska hold their H.264 video.
+RECORDED_SUFFIXES = (".webm", ".mkv", ".ts")
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedFile:
-    """One per-person file, named ``{seat}-{kind}-{part:02d}.{webm|ts}`` by ``recording.py``."""
+    """One per-person file, named ``{seat}-{kind}-{part:02d}.{webm|mkv|ts}`` by
+    ``recording.py``."""
 
     path: Path
     seat: str
@@ -134,7 +140,7 @@ class RecordedFile:
     @classmethod
     def parse(cls, path: Path) -> RecordedFile | None:
         """The file's seat, kind and part from its name; ``None`` for any other file."""
-        if path.suffix not in (".webm", ".ts"):
+        if path.suffix not in RECORDED_SUFFIXES:
             return None
         pieces = path.stem.rsplit("-", 2)
         if len(pieces) != 3 or pieces[1] not in ("audio", "video") or not pieces[2].isdigit():

@@ -4,7 +4,7 @@ Layout of one room session's directory (``<recordings_dir>/<room_id>/``)::
 
     timeline.jsonl                 one JSON object a line: {"t_ms", "event", ...}
     applicant-video-01.webm        one file per seat, kind and connection part
-    applicant-audio-01.webm
+    applicant-audio-01.webm        (an H.264 room's video: applicant-video-01.mkv)
     ...
 
 Contract:
@@ -13,8 +13,10 @@ Contract:
   (``RoomClock``). A track's first frame is placed at its arrival on that clock; later frames
   by their RTP timestamps, so jitter in arrival does not jitter the recording, and the audio and
   video of one participant stay in step (lip-sync) because both are anchored the same way.
-- Nothing is decoded or encoded. VP8 and Opus go into WebM; H.264 into MPEG-TS (its Annex B
-  bytes are what that container expects).
+- Nothing is decoded or encoded. VP8 and Opus go into WebM; H.264 into Matroska (``.mkv``:
+  WebM does not admit H.264), with the SPS and PPS of the file's first frame as its
+  CodecPrivate and the picture size read from that SPS. Rooms recorded before this held their
+  H.264 in MPEG-TS (``.ts``); those files are still read (``court_copy.RecordedFile``).
 - Files survive a kill: the muxer flushes each packet and closes a cluster every
   ``CLUSTER_MS``, so a ``SIGKILL`` loses at most about that much.
 - A write error is logged and counted, never raised into the forwarding path: a full disk must
@@ -37,6 +39,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
+from mediation_rooms import h264
 from mediation_rooms.forwarding import ForwardedFrame, Publication
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,23 @@ class RoomClock:
 
     def ms(self, at: float | None = None) -> int:
         return int(((time.monotonic() if at is None else at) - self.started) * 1000)
+
+
+def container_for(codec_name: str) -> tuple[str, str]:
+    """(FFmpeg muxer, file suffix) of a recorded file of ``codec_name``."""
+    return ("matroska", "mkv") if codec_name == "H264" else ("webm", "webm")
+
+
+def h264_dimensions(access_unit: bytes) -> tuple[int, int] | None:
+    """Width and height from the first SPS of an H.264 access unit, or ``None``."""
+    for nal in h264.nal_units(access_unit):
+        if h264.nal_type(nal) == h264.NAL_SPS:
+            try:
+                sps = h264.SequenceParameterSet.parse(nal)
+            except ValueError:
+                return None
+            return sps.width, sps.height
+    return None
 
 
 def vp8_dimensions(keyframe: bytes) -> tuple[int, int] | None:
@@ -99,14 +119,15 @@ class TrackRecorder:
         self._anchor: tuple[int, int] | None = None  # (room ms, pts) of the first frame
         self._last_ms = -1
         self._closed = False
+        self._waiting_for_parameter_sets = False
 
     def write(self, frame: ForwardedFrame) -> None:
         if self._closed:
             return
         try:
             if self._container is None:
-                if not frame.keyframe:
-                    return  # a file must open on a frame that decodes on its own
+                if not self._opens_file(frame):
+                    return
                 self._open(frame)
             assert self._anchor is not None and self._stream is not None
             anchor_ms, anchor_pts = self._anchor
@@ -132,17 +153,41 @@ class TrackRecorder:
                     "recording %s: write error %d", self.info.path, self.info.write_errors
                 )
 
+    def _opens_file(self, frame: ForwardedFrame) -> bool:
+        """Whether the file can start with ``frame``: one that decodes on its own."""
+        if not frame.keyframe:
+            return False
+        # Matroska's CodecPrivate (the avcC) is written with the header, from the first frame's
+        # SPS and PPS, and cannot be added later. aiortc hands the parameter sets over in band,
+        # in the IDR's frame (a browser sends them with every IDR); from a sender that put
+        # them only out of band (SDP sprop-parameter-sets, which aiortc ignores) the file
+        # waits for the first keyframe that carries both.
+        if self._codec_name == "H264" and h264.parameter_sets(frame.data) is None:
+            if not self._waiting_for_parameter_sets:
+                self._waiting_for_parameter_sets = True
+                log.warning("recording %s: keyframe without SPS/PPS, waiting", self.info.path)
+            return False
+        return True
+
     def _open(self, frame: ForwardedFrame) -> None:
         path = self.info.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        container_format = "mpegts" if self._codec_name == "H264" else "webm"
-        options = {"flush_packets": "1"}
-        if container_format == "webm":
-            options["cluster_time_limit"] = str(CLUSTER_MS)
+        container_format, _ = container_for(self._codec_name)
+        options = {"flush_packets": "1", "cluster_time_limit": str(CLUSTER_MS)}
         container = av.open(str(path), "w", format=container_format, options=options)
         stream: Any
-        if self.info.kind == "video":
-            stream = container.add_stream("libvpx" if self._codec_name == "VP8" else "h264")
+        if self._codec_name == "H264":
+            width, height = h264_dimensions(frame.data) or (640, 480)
+            # A stream without a codec context: PyAV (>= 18) takes the extradata from the
+            # first packet muxed (FFmpeg's extract_extradata: its SPS and PPS, which
+            # _opens_file made sure are there) before it writes the header, and the muxer
+            # turns it into an avcC and each Annex B packet into length-prefixed NAL units.
+            # (add_stream("h264") would not do: PyAV opens a libx264 encoder for it when the
+            # header is written, which replaces any extradata set with its own parameter
+            # sets, not this stream's.)
+            stream = container.add_mux_stream("h264", width=width, height=height)
+        elif self.info.kind == "video":
+            stream = container.add_stream("libvpx")
             width, height = vp8_dimensions(frame.data) or (640, 480)
             stream.width, stream.height = width, height
         else:
@@ -184,11 +229,14 @@ class RoomRecording:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._timeline = (self.directory / "timeline.jsonl").open("a", encoding="utf-8")
 
-    def event(self, event: str, **details: Any) -> None:
-        """Append one event to the timeline at the current room time, flushed at once."""
+    def event(self, event: str, *, at: float | None = None, **details: Any) -> None:
+        """Append one event to the timeline, flushed at once, at the current room time or at
+        ``at`` (``time.monotonic()`` seconds; before the room went live, a negative ``t_ms``).
+        Lines are in the order written: events from before the room went live are written
+        when it does, after ``recording_started``, in their own order (see ``timeline.py``)."""
         if self._closed:
             return
-        line = {"t_ms": self.clock.ms(), "event": event, **details}
+        line = {"t_ms": self.clock.ms(at), "event": event, **details}
         self._timeline.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
         self._timeline.flush()
 
@@ -200,7 +248,7 @@ class RoomRecording:
         previous = self._recorders.pop(key, None)
         if previous is not None:
             previous.close()
-        suffix = "ts" if publication.codec_name == "H264" else "webm"
+        _, suffix = container_for(publication.codec_name)
         part = max(self._parts.get(key, 1), self._next_part_on_disk(publication))
         while True:
             path = self.directory / f"{publication.seat}-{publication.kind}-{part:02d}.{suffix}"

@@ -27,10 +27,43 @@ from mediation_rooms.court_copy import (
     render_court_copy,
 )
 from mediation_rooms.forwarding import ForwardedFrame
-from mediation_rooms.recording import RoomClock, TrackFile, TrackRecorder
+from mediation_rooms.recording import RoomClock, TrackFile, TrackRecorder, container_for
 
 FPS = 30
 LIVE_SINCE = 1_790_000_000.0  # epoch seconds of room time 0
+
+
+class LegacyTsRecorder:
+    """Writes H.264 as ``TrackRecorder`` did before it used Matroska: Annex B packets in
+    MPEG-TS, flushed packet by packet, on the same room clock (``{seat}-video-NN.ts``)."""
+
+    def __init__(self, clock: RoomClock, info: TrackFile) -> None:
+        self.clock, self.info = clock, info
+        self._container: Any = None
+        self._stream: Any = None
+        self._anchor = (0, 0)
+
+    def write(self, frame: ForwardedFrame) -> None:
+        if self._container is None:
+            if not frame.keyframe:
+                return
+            self._container = av.open(
+                str(self.info.path), "w", format="mpegts", options={"flush_packets": "1"}
+            )
+            self._stream = self._container.add_mux_stream("h264")
+            self._stream.time_base = Fraction(1, 1000)
+            self._anchor = (self.clock.ms(frame.arrival), frame.pts)
+        ms = self._anchor[0] + (frame.pts - self._anchor[1]) // 90
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = ms
+        packet.time_base = Fraction(1, 1000)
+        packet.stream = self._stream
+        packet.is_keyframe = frame.keyframe
+        self._container.mux(packet)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
 
 
 def _record_seat(
@@ -41,24 +74,33 @@ def _record_seat(
     seconds: float,
     events_ms: list[int],
     size: tuple[int, int] = (640, 480),
+    codec: str = "VP8",
+    legacy_ts: bool = False,
 ) -> None:
     """Record one seat's part as the live recorder would: the picture is dark except for
     100 ms white flashes at ``events_ms`` (room time), the sound silent except for 100 ms
-    beeps at the same moments."""
+    beeps at the same moments. ``codec`` is the room's video codec (``VP8``: ``.webm``,
+    ``H264``: ``.mkv``, or with ``legacy_ts`` the ``.ts`` that H.264 rooms were recorded in
+    before)."""
     clock = RoomClock(LIVE_SINCE)
     arrival = clock.started + start_ms / 1000  # room time of the first frame
     width, height = size
 
-    video_encoder = av.CodecContext.create("libvpx", "w")
+    if codec == "H264":
+        video_encoder = av.CodecContext.create("libx264", "w")
+        video_encoder.profile = "Baseline"
+        video_encoder.options = {"preset": "veryfast", "tune": "zerolatency", "threads": "1"}
+        video_encoder.framerate = Fraction(FPS, 1)
+    else:
+        video_encoder = av.CodecContext.create("libvpx", "w")
+        video_encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     video_encoder.width, video_encoder.height, video_encoder.pix_fmt = width, height, "yuv420p"
     video_encoder.time_base = Fraction(1, FPS)
-    video_encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     video_encoder.gop_size = FPS
-    video = TrackRecorder(
-        clock,
-        TrackFile(seat, "video", part, directory / f"{seat}-video-{part:02d}.webm", "VP8"),
-        "VP8",
-        90_000,
+    suffix = "ts" if legacy_ts else container_for(codec)[1]
+    info = TrackFile(seat, "video", part, directory / f"{seat}-video-{part:02d}.{suffix}", codec)
+    video: TrackRecorder | LegacyTsRecorder = (
+        LegacyTsRecorder(clock, info) if legacy_ts else TrackRecorder(clock, info, codec, 90_000)
     )
     for index in range(int(seconds * FPS)):
         at_ms = start_ms + index * 1000 / FPS
@@ -243,3 +285,30 @@ def test_the_child_process_entry_reports_progress_as_json_lines(tmp_path: Path) 
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert lines[-2] == {"progress": 1.0}
     assert lines[-1]["done"] == str(tmp_path / "c.mp4") and lines[-1]["video_frames"] == 50
+
+
+def test_h264_rooms_render_from_matroska_and_from_the_older_mpeg_ts(tmp_path: Path) -> None:
+    flashes = [500, 1500]
+    _record_seat(tmp_path, "mediator", 1, 0, 2, flashes, size=(320, 240), codec="H264")
+    # Recorded before H.264 went into Matroska, from a camera with a 16:9 picture.
+    _record_seat(
+        tmp_path, "applicant", 1, 300, 1.7, flashes, size=(320, 180), codec="H264", legacy_ts=True
+    )
+    assert [f.path.name for f in recorded_files(tmp_path)] == [
+        "mediator-audio-01.webm",
+        "mediator-video-01.mkv",
+        "applicant-audio-01.webm",
+        "applicant-video-01.ts",
+    ]
+    output = tmp_path / "court-copy.mp4"
+    result = render_court_copy(CourtCopySpec(tmp_path, output, "JF20261122-0004", LIVE_SINCE, 2000))
+    assert result.seats == ("mediator", "applicant")
+    times, brightness = _tile_brightness(output, 2)
+    frame_times = np.asarray(times)
+    for tile in range(2):
+        onsets = _onsets_ms([b[tile] for b in brightness], frame_times, 150)
+        assert len(onsets) == len(flashes), (tile, onsets)
+        for onset, flash in zip(onsets, flashes, strict=True):
+            assert flash <= onset < flash + 1000 / 25 + 1000 / FPS + 1, (tile, onset, flash)
+    # Before the applicant's first frame (300 ms) their tile is the "no picture" one.
+    assert 55 < brightness[0][1] < 65

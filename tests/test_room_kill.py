@@ -2,7 +2,8 @@
 
 A real `jiefen serve` subprocess (PostgreSQL, Redis) hosts a live room with two synthetic
 participants; after a few seconds of media it is killed without warning. Every recorded file
-must still open and decode, up to about the last cluster (0.5 s) before the kill.
+must still open and decode, up to about the last cluster (0.5 s) before the kill: VP8 in WebM,
+and in a room configured for H.264 (``JIEFEN_VIDEO_CODEC``) its video in Matroska.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from tests.test_state_case_store import ID_NUMBER, file_case
 pytestmark = pytest.mark.services
 
 
+@pytest.mark.parametrize(("codec", "video_suffix"), [("VP8", "webm"), ("H264", "mkv")])
 async def test_sigkill_mid_session_leaves_playable_recordings(
-    pg_database_url: str, redis_prefix: str, tmp_path: Path
+    pg_database_url: str, redis_prefix: str, tmp_path: Path, codec: str, video_suffix: str
 ) -> None:
     port = free_port()
     env = clean_environment()
@@ -41,6 +43,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
         JIEFEN_ADMIN_API_TOKEN=ADMIN_TOKEN,
         JIEFEN_DATA_KEY=base64.b64encode(bytes(range(32))).decode(),  # the tests' PROTECTOR
         JIEFEN_DATA_DIR=str(tmp_path),
+        JIEFEN_VIDEO_CODEC=codec,
     )
     server = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -73,7 +76,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
             links = opened["links"]
 
             async def join(seat: str, identity: str | None = None) -> Client:
-                client = Client(await session.ws_connect(f"{url}/rooms/ws"))
+                client = Client(await session.ws_connect(f"{url}/rooms/ws"), video_codec=codec)
                 clients.append(client)
                 await client.send_join(token_of(links[seat]), identity)
                 return client
@@ -99,11 +102,11 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
             await server.wait()
 
     directory = tmp_path / "recordings" / opened["room_id"]
-    files = sorted(directory.glob("*.webm"))
+    files = sorted([*directory.glob("*.webm"), *directory.glob("*.mkv")])
     assert {f.name for f in files} >= {
-        "mediator-video-01.webm",
+        f"mediator-video-01.{video_suffix}",
         "mediator-audio-01.webm",
-        "applicant-video-01.webm",
+        f"applicant-video-01.{video_suffix}",
         "applicant-audio-01.webm",
     }
     for path in files:
@@ -111,7 +114,7 @@ async def test_sigkill_mid_session_leaves_playable_recordings(
             stream = container.streams[0]
             decoded = sum(1 for _ in container.decode(stream))
         assert decoded > 0, path.name
-        if path.name == "applicant-video-01.webm":
+        if path.name == f"applicant-video-01.{video_suffix}":
             # All but the last half-second cluster (and the frames still in flight) survive.
             assert decoded >= delivered - 30, (decoded, delivered)
     timeline = (directory / "timeline.jsonl").read_text(encoding="utf-8")
