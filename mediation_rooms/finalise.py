@@ -70,7 +70,7 @@ from mediation_rooms.manifest import (
     write_signed_court_copy_record,
     write_signed_manifest,
 )
-from mediation_rooms.room import RoomLifecycle, RoomState
+from mediation_rooms.room import RoomState
 from state import room_store
 from state.job_queue import Job, JobQueue
 from state.room_store import RoomRecord
@@ -493,15 +493,14 @@ class RecordingFinaliser:
         missing: str | None,
         on_progress: ProgressCallback | None,
     ) -> None:
-        """The recording is sealed: ``ended`` → ``archived`` (checked by the lifecycle rules),
-        and the finalise status says what became of the court copy."""
+        """The recording is sealed: ``ended`` → ``archived`` (the store checks the move against
+        the lifecycle rules), and the finalise status says what became of the court copy."""
         if state is RoomState.ENDED:
-            RoomLifecycle(room_id, state).set_state(RoomState.ARCHIVED)
             moved = await room_store.set_room_state(
                 self._db,
                 room_id,
-                expected=RoomState.ENDED.value,
-                new=RoomState.ARCHIVED.value,
+                expected=RoomState.ENDED,
+                new=RoomState.ARCHIVED,
                 now=datetime.now(UTC),
             )
             if not moved:
@@ -623,6 +622,7 @@ def _manifest(
                 "seat": seat.seat,
                 "name": seat.person_name,
                 "joined_ms": [e["t_ms"] for e in mine if e.get("event") == "joined"],
+                "reconnected_ms": [e["t_ms"] for e in mine if e.get("event") == "reconnected"],
                 "left_ms": [e["t_ms"] for e in mine if e.get("event") == "left"],
                 "consents": (
                     {k: v for k, v in consents[-1].items() if k not in ("event", "seat", "t_ms")}

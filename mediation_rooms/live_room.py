@@ -6,7 +6,15 @@ opening a seat, end …) run one at a time under the room's lock; media keeps fl
 After every change the room's session state (admitted, muted, caucus, when it went live) is
 written to Redis (``room:<id>:live``) with the presence of each seat, so that another process
 can show it, and a media process that takes the room over after a crash carries on from it: the same
-people admitted, the recording continued on the same room clock (in new file parts).
+people admitted, the recording continued on the same room clock (in new file parts). The live
+state also carries what the timeline needs across hosts: who has been in the room and when each
+seat last left (:mod:`~mediation_rooms.attendance`: ``joined`` or ``reconnected``), each
+seat's own microphone and camera switches, the seats the room had, and the events held until
+the room goes live (:mod:`~mediation_rooms.timeline`).
+
+Seats opened outside the session (the rooms API, ``POST /api/rooms/{id}/seats``) reach the
+hosted room through :meth:`LiveRoom.pick_up_seats`, which the hub calls when told (Redis
+pub/sub), when it subscribes again, and when a seat the room does not know yet joins.
 
 :class:`~mediation_rooms.room_hub.RoomHub` hosts it (claim, release) and drives it from the
 signalling connections.
@@ -28,6 +36,7 @@ from aiohttp import web
 
 from jiefen.errors import StorageUnavailable
 from mediation_rooms import texts
+from mediation_rooms.attendance import Attendance
 from mediation_rooms.finalise import enqueue_finalisation
 from mediation_rooms.media_session import Offer, RoomMedia
 from mediation_rooms.room import (
@@ -44,9 +53,11 @@ from mediation_rooms.signalling import (
     CLOSE_ENDED,
     CLOSE_REMOVED,
     CLOSE_REPLACED,
+    MediaState,
     ProtocolError,
     server_message,
 )
+from mediation_rooms.timeline import RoomTimeline
 from state import room_store
 from state.room_store import RoomRecord
 
@@ -112,6 +123,13 @@ class LiveRoom:
             record.live_at.timestamp() if record.live_at is not None else None
         )
         self.seats = tuple(SeatRole(seat.seat) for seat in record.seats)
+        self.attendance = Attendance.from_live(live)
+        #: Each seat's own microphone and camera, as its page last said (``media_state``).
+        self.media_states = {
+            SeatRole(seat): MediaState(audio=bool(state["audio"]), video=bool(state["video"]))
+            for seat, state in (live.get("media_state") or {}).items()
+        }
+        self.timeline = RoomTimeline.from_live(live)
         self.media = RoomMedia(
             record.room_id,
             self.seats,
@@ -124,6 +142,13 @@ class LiveRoom:
         if self.lifecycle.state == RoomState.LIVE and self.live_since is not None:
             recording = self.media.start_recording(self.live_since)
             recording.event("recording_resumed", after="hosting resumed by a media process")
+            self.timeline.attach(recording)
+        # Seats opened (through the rooms API) while no process hosted the room.
+        known = live.get("seats")
+        if known is not None:
+            for seat in self.seats:
+                if seat.value not in known:
+                    self.event("seat_opened", seat=seat.value, by="api")
 
     # -- state kept in Redis -----------------------------------------------------------------
 
@@ -136,30 +161,40 @@ class LiveRoom:
             "live_since": self.live_since,
             "present": sorted(self.attendees),
             "waiting": sorted(self.waiting),
+            "seats": [seat.value for seat in self.seats],
+            "media_state": {
+                seat.value: {"audio": state.audio, "video": state.video}
+                for seat, state in self.media_states.items()
+            },
+            **self.attendance.live(),
+            **self.timeline.held(),
         }
         await self.hub.redis.set(
             self.hub.live_key(self.room_id), json.dumps(live), ex=LIVE_STATE_TTL_S
         )
 
     def event(self, event: str, **details: Any) -> None:
-        if self.media.recording is not None:
-            self.media.recording.event(event, **details)
+        """An entry in the room's timeline (held until the room goes live: ``timeline.py``)."""
+        self.timeline.event(event, **details)
 
-    def record_arrival(self, attendee: Attendee) -> None:
-        """Timeline entries for someone arriving: their join and what they agreed to."""
-        self.event("joined", seat=attendee.seat.value)
-        self.event("consented", seat=attendee.seat.value, **attendee.consents)
+    def record_arrival(self, attendee: Attendee, *, replacing: bool) -> None:
+        """Timeline entries for someone arriving: ``joined`` the first time this session, else
+        ``reconnected`` with the gap (``attendance.py``); then what they agreed to."""
+        seat = attendee.seat.value
+        event, details = self.attendance.arrive(seat, time.time(), still_present=replacing)
+        self.event(event, seat=seat, **details)
+        self.event("consented", seat=seat, **attendee.consents)
+
+    def record_departure(self, seat: SeatRole) -> None:
+        """``seat`` is no longer in the room (its gap until it comes back runs from now)."""
+        self.attendance.leave(seat.value, time.time())
 
     async def set_state(self, state: RoomState) -> None:
         """The one place a hosted room's lifecycle changes: memory, database, then Redis."""
         old = self.lifecycle.state
         self.lifecycle.set_state(state)
         changed = await room_store.set_room_state(
-            self.hub.db,
-            self.room_id,
-            expected=old.value,
-            new=state.value,
-            now=datetime.now(UTC),
+            self.hub.db, self.room_id, expected=old, new=state, now=datetime.now(UTC)
         )
         if not changed:
             log.warning(
@@ -183,6 +218,9 @@ class LiveRoom:
                     "waiting": seat in self.waiting,
                     "muted": seat in self.view.muted,
                     "on_hold": not self.view.in_session(seat),
+                    # Switched off by the person themselves (unknown until their page says).
+                    "audio_off": seat in self.media_states and not self.media_states[seat].audio,
+                    "video_off": seat in self.media_states and not self.media_states[seat].video,
                 }
                 for seat in self.seats
             ],
@@ -208,7 +246,7 @@ class LiveRoom:
             await previous.close(CLOSE_REPLACED, "replaced", texts.REPLACED)
         if self.lifecycle.state == RoomState.SCHEDULED:
             await self.set_state(RoomState.OPEN)
-        self.record_arrival(attendee)
+        self.record_arrival(attendee, replacing=previous is not None)
         if seat == SeatRole.MEDIATOR:
             self.view.admitted.add(seat)
         if seat in self.view.admitted:
@@ -216,6 +254,8 @@ class LiveRoom:
         else:
             self.waiting.add(seat)
             await attendee.send("waiting", message=texts.WAITING)
+        if seat in self.view.muted:  # still muted from before they dropped: say so again
+            await attendee.send("notice", message=texts.MUTED_BY_MEDIATOR)
         self.media.update_view(self.view)
         await self.broadcast_presence()
 
@@ -229,6 +269,7 @@ class LiveRoom:
         del self.attendees[attendee.seat]
         self.waiting.discard(attendee.seat)
         await self.media.disconnect(attendee.seat, reason="left")
+        self.record_departure(attendee.seat)
         self.event("left", seat=attendee.seat.value)
         await self.broadcast_presence()
         if not self.attendees:
@@ -245,10 +286,9 @@ class LiveRoom:
         if self.lifecycle.state == RoomState.OPEN:
             await self.set_state(RoomState.LIVE)
             self.live_since = time.time()
-            self.media.start_recording(self.live_since)
-            # Arrivals before the room went live had no timeline yet: record them now.
-            for present in self.attendees.values():
-                self.record_arrival(present)
+            # What happened before (arrivals, consents …) is written now, at the time it
+            # happened: before the room clock's origin, marked before_live.
+            self.timeline.attach(self.media.start_recording(self.live_since))
         self.event("admitted", seat=seat.value)
         await attendee.send("admitted")
         await self.start_media(attendee)
@@ -261,6 +301,7 @@ class LiveRoom:
             raise ProtocolError("not_in_room", texts.REFUSALS["not_in_room"])
         self.waiting.discard(seat)
         del self.attendees[seat]
+        self.record_departure(seat)
         self.event("denied", seat=seat.value)
         await attendee.close(CLOSE_REMOVED, "denied", texts.DENIED)
         await self.broadcast_presence()
@@ -275,16 +316,34 @@ class LiveRoom:
         self.media.update_view(self.view)
         self.event("removed", seat=seat.value)
         if attendee is not None:
+            self.record_departure(seat)
             await attendee.close(CLOSE_REMOVED, "removed", texts.REMOVED)
         await self.broadcast_presence()
 
     async def mute(self, seat: SeatRole, muted: bool) -> None:
+        """The mediator mutes (or unmutes) ``seat``: its audio stops (or resumes) reaching the
+        others, and its person is told."""
+        changed = muted != (seat in self.view.muted)
         if muted:
             self.view.muted.add(seat)
         else:
             self.view.muted.discard(seat)
         self.media.update_view(self.view)
         self.event("muted" if muted else "unmuted", seat=seat.value, by="mediator")
+        attendee = self.attendees.get(seat)
+        if attendee is not None and changed:
+            notice = texts.MUTED_BY_MEDIATOR if muted else texts.UNMUTED_BY_MEDIATOR
+            await attendee.send("notice", message=notice)
+        await self.broadcast_presence()
+
+    async def set_media_state(self, seat: SeatRole, state: MediaState) -> None:
+        """``seat``'s person switched their own microphone or camera: recorded (when it
+        changed) and shown to the others in ``presence``. Nothing changes in forwarding: what
+        they switched off, their page no longer sends."""
+        if self.media_states.get(seat) == state:
+            return  # said again after a reconnect: nothing happened
+        self.media_states[seat] = state
+        self.event("media_state", seat=seat.value, audio=state.audio, video=state.video, by="self")
         await self.broadcast_presence()
 
     async def caucus(self, side: Side | None) -> None:
@@ -309,6 +368,7 @@ class LiveRoom:
         if RoomState.ENDED in ALLOWED_TRANSITIONS[self.lifecycle.state]:
             await self.set_state(RoomState.ENDED)
         self.event("ended")
+        self.timeline.close()  # a room that never went live has no recording to write to
         attendees = list(self.attendees.values())
         self.attendees.clear()
         self.waiting.clear()
@@ -342,6 +402,8 @@ class LiveRoom:
         the live state stays in Redis for the next host (this process or another). ``save``:
         write this process's view of the session first (not when another host owns it now)."""
         attendees = list(self.attendees.values())
+        for attendee in attendees:
+            self.record_departure(attendee.seat)
         self.attendees.clear()
         self.waiting.clear()
         self.event("hosting_stopped", reason=kind)
@@ -368,16 +430,34 @@ class LiveRoom:
             # The mediator's connection stays up: they may try again in a moment.
             log.warning("room %s: opening %s failed: %s", self.room_id, seat, error)
             raise ProtocolError("try_again", texts.TRY_AGAIN) from None
-        self.record = opened.room
-        self.seats = (*self.seats, seat)
-        offers = await self.media.add_seat(seat)
-        self.event("seat_opened", seat=seat.value, by="mediator")
-        for other, offer in offers.items():
-            attendee = self.attendees.get(other)
-            if attendee is not None:
-                await attendee.send_offer(offer)
-        await self.broadcast_presence()
+        await self.adopt_seats(opened.room, by="mediator")
         return opened.link
+
+    async def pick_up_seats(self) -> None:
+        """Take in the seats opened outside the session (the rooms API) that this hosted room
+        does not have yet, from the room as stored now. Under the room's lock."""
+        record = await room_store.get_room(self.hub.db, self.room_id)
+        if record is not None:
+            await self.adopt_seats(record, by="api")
+
+    async def adopt_seats(self, record: RoomRecord, *, by: str) -> None:
+        """Every seat of ``record`` (the room as stored, read after the seats were opened) this
+        hosted room lacks: every connection is offered its media (a renegotiation), the
+        timeline records it (``by``: who opened it) and the presence lists it."""
+        stored = {SeatRole(seat.seat) for seat in record.seats}
+        new = [seat for seat in (SeatRole(s.seat) for s in record.seats) if seat not in self.seats]
+        if not new or not stored.issuperset(self.seats):
+            return  # nothing new, or read before a seat this room has: a later read brings it
+        self.record = record
+        for seat in new:
+            self.seats = (*self.seats, seat)
+            offers = await self.media.add_seat(seat)
+            self.event("seat_opened", seat=seat.value, by=by)
+            for other, offer in offers.items():
+                attendee = self.attendees.get(other)
+                if attendee is not None:
+                    await attendee.send_offer(offer)
+        await self.broadcast_presence()
 
     async def chat(self, sender: SeatRole, text: str) -> None:
         """Chat reaches the admitted people in the sender's group: a caucus holds for text too."""

@@ -12,6 +12,12 @@ Lifecycle (one setter, :meth:`RoomLifecycle.set_state`, checks and logs every ch
 - ``archived``: the recording is finalised (digests, signed manifest, and the court copy
   with its own signed record, or the reason it is missing).
 
+:func:`check_transition` is the only judge of a move. Two places change a room's state, and
+both ask it: :meth:`RoomLifecycle.set_state` (a hosted room's state in memory) and
+``state.room_store.set_room_state`` (the stored state, which every writer goes through: the
+hosted room and the finaliser). This module is pure (standard library and ``jiefen.errors``
+only) so that ``state`` may import it, as ``state.case_store`` imports ``cases.status``.
+
 Seats: the mediator, the applicant and the respondent always; up to two extra seats that the
 mediator opens, when the room is opened or during the session (:func:`check_new_seat`): an
 interpreter (on the mediator's side: they translate in private sessions too) or a party's
@@ -29,6 +35,8 @@ import enum
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from jiefen.errors import InvalidTransition
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +58,19 @@ ALLOWED_TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
 }
 
 
-class RoomStateError(Exception):
+class RoomStateError(InvalidTransition):
     """A lifecycle change the rules do not allow; names both states."""
 
     def __init__(self, current: RoomState, wanted: RoomState) -> None:
-        super().__init__(f"a room cannot go from {current} to {wanted}")
+        super().__init__("room", current.value, wanted.value)
         self.current = current
         self.wanted = wanted
+
+
+def check_transition(current: RoomState, wanted: RoomState) -> None:
+    """Pass if a room may move ``current`` -> ``wanted``; else raise :class:`RoomStateError`."""
+    if wanted not in ALLOWED_TRANSITIONS[current]:
+        raise RoomStateError(current, wanted)
 
 
 class Side(enum.StrEnum):
@@ -146,8 +160,8 @@ class RoomLifecycle:
         return self._state
 
     def set_state(self, state: RoomState) -> None:
-        if state not in ALLOWED_TRANSITIONS[self._state]:
-            raise RoomStateError(self._state, state)
+        """Move to ``state``, or raise :class:`RoomStateError` changing nothing."""
+        check_transition(self._state, state)
         log.info("room %s: %s -> %s", self.room_id, self._state, state)
         self._state = state
 

@@ -10,6 +10,16 @@ join for a room that another live media process hosts is turned away with close 
 again. A room nobody has been in for :data:`EMPTY_ROOM_GRACE_S` is let go (its files finished,
 its claim released); the next join hosts it again, wherever it is placed, from its live state.
 
+Seats opened outside a session (the rooms API, on a web process that may host nothing) reach
+the process hosting the room through Redis: :meth:`RoomHub.seats_opened` takes them in here
+if this process hosts the room and publishes the room's id on :meth:`RoomHub.seats_channel`,
+to which every process that hosts rooms listens (from its first hosted room on); the host takes
+the new seats in (:meth:`~mediation_rooms.live_room.LiveRoom.pick_up_seats`): everyone
+connected gets the renegotiation offer, and the presence lists the seat. Pub/sub is not
+stored: a host that was not subscribed when the message went out (Redis was unreachable) looks
+at every room it hosts when it subscribes again, and a join of a seat the hosted room does not
+know yet takes the new seats in first. A room nobody hosts has the seat when it is next hosted.
+
 Who gets in (checked in :meth:`RoomHub.join`, in this order): a valid join token for this
 room; the seat's current nonce (a re-issued link revokes the old one); a room that has not
 ended; the identity re-check answer, where the seat has one (five wrong answers for a seat,
@@ -30,6 +40,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mediation_rooms import texts
@@ -53,6 +64,7 @@ from mediation_rooms.signalling import (
     End,
     IceCandidate,
     Join,
+    MediaState,
     Mute,
     OpenSeat,
     ProtocolError,
@@ -80,6 +92,11 @@ EMPTY_ROOM_GRACE_S = 120.0
 #: How long closing a socket waits for the client's answer: the room's lock is held meanwhile
 #: (end, remove), so a client that never answers must not hold the room up for long.
 CLOSE_HANDSHAKE_TIMEOUT_S = 2.0
+#: How long the seat listener waits for a message before it looks again (seconds), and how long
+#: it waits before subscribing again after Redis failed it.
+SEATS_POLL_S = 1.0
+SEATS_RETRY_S = 2.0
+
 #: What aiortc raises for an SDP answer or ICE candidate it cannot parse: its parsers index,
 #: convert and ``assert`` their way through the text (``m=video x`` fails an assertion).
 _UNPARSABLE = (LookupError, ValueError, AssertionError)
@@ -124,9 +141,17 @@ class RoomHub:
         self.empty_room_grace_s = empty_room_grace_s
         self.live_rooms: dict[str, LiveRoom] = {}
         self.hub_lock = asyncio.Lock()
+        #: Listens for seats opened outside a session; started with the first hosted room.
+        self._seat_listener: asyncio.Task[None] | None = None
+        self._seat_pickups: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def live_key(self, room_id: str) -> str:
         return f"{self.prefix}room:{room_id}:live"
+
+    def seats_channel(self) -> str:
+        """The pub/sub channel that carries the id of a room a seat was opened in."""
+        return f"{self.prefix}rooms:seats_opened"
 
     def media_config_for(self, video_codec: str) -> MediaConfig:
         """The media configuration of a room, which keeps the codec it was opened with."""
@@ -139,8 +164,75 @@ class RoomHub:
     async def close(self) -> None:
         """Process shutdown: hand every room over (its people are told and reconnect, through
         placement, to another media process; the files are finished; the claim is released)."""
+        self._closed = True
+        listening = [t for t in (self._seat_listener, *self._seat_pickups) if t is not None]
+        for task in listening:
+            task.cancel()
+        await asyncio.gather(*listening, return_exceptions=True)
+        self._seat_listener = None
         for room in list(self.live_rooms.values()):
             await self._stop_hosting(room)
+
+    # -- seats opened outside the session ------------------------------------------------------
+
+    async def seats_opened(self, room_id: str) -> None:
+        """Seats were stored for ``room_id`` outside its session: its host takes them in, this
+        process at once if it hosts the room, any other through :meth:`seats_channel`. Raises
+        ``RedisError`` when the message cannot be published (the host then takes the seats
+        in when it subscribes again, or when their person joins)."""
+        await self.pick_up_seats(room_id)
+        await self.redis.publish(self.seats_channel(), room_id)
+
+    async def pick_up_seats(self, room_id: str) -> None:
+        """If this process hosts ``room_id``, take in the seats stored since it was hosted."""
+        room = self.live_rooms.get(room_id)
+        if room is None:
+            return
+        async with room.lock:
+            if self.live_rooms.get(room_id) is room:
+                await room.pick_up_seats()
+
+    def _listen_for_seats(self) -> None:
+        if self._seat_listener is None and not self._closed:
+            self._seat_listener = asyncio.create_task(self._seat_messages(), name="room-seats")
+
+    async def _seat_messages(self) -> None:
+        """Take in the seats :meth:`seats_opened` announces, for the rooms hosted here, until
+        the hub closes; subscribe again whenever Redis fails the subscription."""
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.seats_channel())
+                    # What was announced while this process was not subscribed is lost: look
+                    # at every room hosted here (the first time: rooms just read, no change).
+                    for room_id in list(self.live_rooms):
+                        self._pick_up_later(room_id)
+                    while True:
+                        message = await pubsub.get_message(timeout=SEATS_POLL_S)
+                        if message is None or message.get("type") != "message":
+                            continue
+                        data = message["data"]
+                        room_id = data.decode() if isinstance(data, bytes) else str(data)
+                        if room_id in self.live_rooms:
+                            self._pick_up_later(room_id)
+            except (RedisError, OSError) as error:
+                log.warning("room seats: the subscription failed (%s); subscribing again", error)
+            except Exception:
+                log.exception("room seats: the listener failed; subscribing again")
+            await asyncio.sleep(SEATS_RETRY_S)
+
+    def _pick_up_later(self, room_id: str) -> None:
+        """Pick up ``room_id``'s seats in a task of its own: a room's lock may be held a while
+        (closing sockets), and the other rooms' messages must not wait for it."""
+        task = asyncio.create_task(self._pick_up_logged(room_id), name=f"seats-{room_id}")
+        self._seat_pickups.add(task)
+        task.add_done_callback(self._seat_pickups.discard)
+
+    async def _pick_up_logged(self, room_id: str) -> None:
+        try:
+            await self.pick_up_seats(room_id)
+        except Exception:
+            log.exception("room %s: taking in a new seat failed (its join will)", room_id)
 
     async def _live_room(self, record: RoomRecord) -> LiveRoom:
         """The hosted room of ``record``, hosting it now if this process does not yet.
@@ -167,6 +259,7 @@ class RoomHub:
             live = json.loads(raw) if raw else {}
             room = LiveRoom(self, current, live)
             self.live_rooms[record.room_id] = room
+            self._listen_for_seats()
             # Let go again unless someone gets in (a join that fails on the way must not leave
             # the room hosted and claimed for ever); entering cancels this.
             self.schedule_release_if_empty(room)
@@ -313,7 +406,7 @@ class RoomHub:
         """The room and seat a join token admits to; raises a fatal ProtocolError (a refusal)
         for a bad, expired or revoked token and for a room that has ended."""
         try:
-            claims = verify_join_token(self.rooms.join_key, token, room_id=None, now=self.clock())
+            claims = verify_join_token(self.rooms.join_key, token, now=self.clock())
         except JoinTokenError as error:
             raise _refusal(error.reason) from None
         record = await room_store.get_room(self.db, claims.room_id)
@@ -354,6 +447,12 @@ class RoomHub:
         try:
             if room.lifecycle.state in (RoomState.ENDED, RoomState.ARCHIVED):
                 raise _refusal("room_closed")
+            if seat not in room.seats:
+                # Opened outside the session, and the announcement has not reached this host
+                # (or is still on its way): take the new seats in now.
+                await room.pick_up_seats()
+                if seat not in room.seats:
+                    raise _refusal("revoked")
             await attendee.send(
                 "welcome",
                 seat=seat.value,
@@ -367,7 +466,9 @@ class RoomHub:
                 video_codec=record.video_codec,
                 ice_servers=[
                     {"urls": s.urls, "username": s.username, "credential": s.credential}
-                    for s in self.media_config.ice_servers
+                    for s in self.media_config.ice_servers_for(
+                        record.room_id, seat.value, now=self.clock()
+                    )
                 ],
             )
             await room.enter(attendee)
@@ -417,6 +518,8 @@ class RoomHub:
                 await room.end()
             elif isinstance(message, Chat):
                 await room.chat(seat, message.text)
+            elif isinstance(message, MediaState) and room.attendees.get(seat) is attendee:
+                await room.set_media_state(seat, message)
 
     async def _error(self, ws: web.WebSocketResponse, error: ProtocolError) -> None:
         if not ws.closed:

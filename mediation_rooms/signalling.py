@@ -104,8 +104,27 @@ class Chat:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class MediaState:
+    """The sender switched their own microphone (``audio``) or camera (``video``) on or off."""
+
+    audio: bool
+    video: bool
+
+
 ClientMessage = (
-    Join | Answer | IceCandidate | Admit | Deny | Remove | Mute | Caucus | OpenSeat | End | Chat
+    Join
+    | Answer
+    | IceCandidate
+    | Admit
+    | Deny
+    | Remove
+    | Mute
+    | Caucus
+    | OpenSeat
+    | End
+    | Chat
+    | MediaState
 )
 #: Messages only the mediator may send.
 MEDIATOR_ONLY = (Admit, Deny, Remove, Mute, Caucus, OpenSeat, End)
@@ -153,13 +172,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
             raise ProtocolError("invalid_field", "'with' is 'applicant', 'respondent' or null")
         return Caucus(Side(side))
     if kind == "open_seat":
-        # Shown to everyone and stored: no control or format characters (a right-to-left
-        # override would make a name read as something else).
-        raw = _str(data, "name", MAX_NAME_CHARS)
-        name = "".join(c for c in raw if unicodedata.category(c) not in ("Cc", "Cf")).strip()
-        if not name:
-            raise ProtocolError("invalid_field", "'name' is empty")
-        return OpenSeat(_seat(data), name)
+        return OpenSeat(_seat(data), person_name(data.get("name")))
     if kind == "end":
         return End()
     if kind == "chat":
@@ -167,7 +180,26 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         if not text:
             raise ProtocolError("invalid_field", "'text' is empty")
         return Chat(text)
+    if kind == "media_state":
+        return MediaState(
+            audio=_bool(data, "audio", required=True), video=_bool(data, "video", required=True)
+        )
     raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+
+
+def person_name(value: object) -> str:
+    """A person's name as it is shown to everyone and stored (a seat opened for them): without
+    control or format characters (a right-to-left override would make a name read as
+    something else) and outer spaces, 1 to ``MAX_NAME_CHARS`` characters. Raises
+    ``ProtocolError`` (``invalid_field``) otherwise."""
+    if not isinstance(value, str) or len(value) > MAX_NAME_CHARS:
+        raise ProtocolError(
+            "invalid_field", f"'name' must be a string of 1 to {MAX_NAME_CHARS} characters"
+        )
+    name = "".join(c for c in value if unicodedata.category(c) not in ("Cc", "Cf")).strip()
+    if not name:
+        raise ProtocolError("invalid_field", "'name' is empty")
+    return name
 
 
 def server_message(kind: str, **fields: Any) -> str:
@@ -190,7 +222,9 @@ def _optional_str(data: dict[str, Any], name: str, limit: int) -> str | None:
     return _str(data, name, limit, allow_empty=True)
 
 
-def _bool(data: dict[str, Any], name: str) -> bool:
+def _bool(data: dict[str, Any], name: str, *, required: bool = False) -> bool:
+    if required and name not in data:
+        raise ProtocolError("invalid_field", f"'{name}' is missing (true or false)")
     value = data.get(name, False)
     if not isinstance(value, bool):
         raise ProtocolError("invalid_field", f"'{name}' must be true or false")

@@ -7,7 +7,6 @@ REFUSALS: dict[str, str] = {
     "malformed": "这个链接不完整，请点开调解员发给您的完整链接。",
     "forged": "这个链接无效，请使用调解员发给您的链接。",
     "wrong_purpose": "这个链接不能用来进入调解室。",
-    "wrong_room": "这个链接不属于这间调解室，请使用最新收到的链接。",
     "revoked": "这个链接已经失效，请使用最新收到的链接。",
     "expired": "这个链接已过期，请联系调解员重新发送。",
     "unknown_room": "找不到这间调解室，请联系调解员。",
@@ -52,3 +51,6 @@ INVITATION = (
 MOVED = "正在为您切换视频线路，请稍候……"
 NO_MEDIA_NODE = "视频服务暂时忙，请稍后再试。"
 TRY_AGAIN = "刚才没有成功，请稍后再试一次。"
+#: To the person the mediator muted (and unmuted): the server stops forwarding their audio.
+MUTED_BY_MEDIATOR = "调解员已将您静音，其他人暂时听不到您的声音。需要发言时，请向调解员示意。"
+UNMUTED_BY_MEDIATOR = "调解员已取消您的静音，大家现在可以听到您的声音了。"

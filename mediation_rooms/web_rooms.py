@@ -6,11 +6,32 @@
   opens its WebSocket, the media process that hosts (or is now reserved for) the token's room
   (:mod:`mediation_rooms.placement`). The token is the credential: a bad one gets 403 with the
   same refusal as the WebSocket would give, an ended room 410, no media process 503.
+- ``POST /rooms/check`` — ``{"token": …}`` → the seat the link is for (``seat``, ``role_name``,
+  the holder's own ``name``, ``case_no``, the room's ``state``) and which identity re-check the
+  seat is asked for (``identity``: ``"id_last6"``, ``"phone"`` or ``null``): what the join page
+  needs to greet the person and prompt for the right answer before the notices. Refused exactly
+  as placement refuses (400, 403, 410), but reserves no media process; never tells the answer,
+  nor anything of the other seats.
+- ``GET /rooms/ping`` — 204, nothing else: the join page times a few of these for its network
+  check (``/healthz`` would time the database and Redis too).
 - ``GET /rooms/ws`` — signalling (mediation_rooms/PROTOCOL.md), on the processes that host rooms.
 - ``POST /api/rooms`` — open a room for a case (the console's and scripts' way; ``jiefen room
   open`` does the same from the command line). ``GET /api/rooms/{room_id}`` — a room, its
-  live state and the progress of its recording's finalisation. Both need ``Authorization:
-  Bearer <JIEFEN_ADMIN_API_TOKEN>``; without that setting the API answers 403 to everyone.
+  live state and the progress of its recording's finalisation.
+- ``POST /api/rooms/{room_id}/seats`` — ``{"seat": "interpreter" | "applicant_agent" |
+  "respondent_agent", "name": "…"}`` → 201 ``{"seat", "name", "link"}``: open an extra seat,
+  before or during the session, as the mediator's page can (``open_seat``). 400
+  ``invalid_request`` (not such a body; a name of 1–64 characters), 404 ``unknown_room``, 409
+  with the refusal's reason as ``error`` (``room_closed``, ``not_extra_seat``, ``seat_taken``,
+  ``too_many_seats``), 503 ``storage_unavailable`` or ``try_again``. The seat is stored first
+  (that is the 201); the process hosting the room, if any, takes it in: at once when it is this
+  one, else as soon as the announcement on Redis reaches it (``RoomHub.seats_opened``), and at
+  the latest when the seat's person joins. Everyone connected is then offered the new seat's
+  media (a renegotiation), the presence lists it, the timeline records ``seat_opened`` ``by``
+  ``api``. The link goes only to the caller: nothing is sent to the mediator's page but the
+  presence.
+- The ``/api/`` routes need ``Authorization: Bearer <JIEFEN_ADMIN_API_TOKEN>``; without that
+  setting the API answers 403 to everyone.
 """
 
 from __future__ import annotations
@@ -23,21 +44,24 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from jiefen.errors import NoMediaNode, StorageUnavailable
 from mediation_rooms import texts
 from mediation_rooms.finalise import RecordingFinaliser
 from mediation_rooms.placement import MediaPlacement
-from mediation_rooms.room import EXTRA_SEATS, SeatRole
+from mediation_rooms.room import EXTRA_SEATS, SeatRefused, SeatRole
 from mediation_rooms.room_hub import RoomHub
-from mediation_rooms.room_service import RoomService
-from mediation_rooms.signalling import ProtocolError
+from mediation_rooms.room_service import ID_TAIL, PHONE, RoomService
+from mediation_rooms.signalling import ProtocolError, person_name
 from state import room_store
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _NO_CACHE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+#: ``POST /rooms/check``'s name for each identity re-check (``SeatRecord.identity_check``).
+_IDENTITY_ASKED = {ID_TAIL: "id_last6", PHONE: "phone"}
 
 
 def add_room_routes(
@@ -128,20 +152,50 @@ def add_room_routes(
             }
         )
 
-    async def place(request: web.Request) -> web.Response:
+    async def open_seat(request: web.Request) -> web.Response:
+        authorise(request)
+        room_id = request.match_info["room_id"]
         try:
             body = await request.json()
-            token = body["token"] if isinstance(body, dict) else None
-            if not isinstance(token, str):
-                raise ValueError('the body is {"token": "…"}')
-        except (ValueError, KeyError):
-            return _json({"error": "malformed", "message": texts.REFUSALS["malformed"]}, status=400)
+            if not isinstance(body, dict) or not isinstance(body.get("seat"), str):
+                raise ValueError('the body is {"seat": "…", "name": "…"}')
+            seat = SeatRole(body["seat"])
+            name = person_name(body.get("name"))
+        except ProtocolError as error:
+            return _json({"error": "invalid_request", "detail": error.message}, status=400)
+        except ValueError as error:
+            return _json({"error": "invalid_request", "detail": str(error)}, status=400)
+        try:
+            opened = await request.app[service].open_seat(
+                room_id, seat, name, now=datetime.now(UTC)
+            )
+        except room_store.UnknownRoom:
+            return _json({"error": "unknown_room"}, status=404)
+        except SeatRefused as refused:
+            return _json({"error": refused.reason, "detail": str(refused)}, status=409)
+        except StorageUnavailable:
+            return _json({"error": "storage_unavailable"}, status=503)
+        except RuntimeError as error:  # the room kept changing under the compare-and-set
+            log.warning("room %s: opening %s through the API failed: %s", room_id, seat, error)
+            return _json({"error": "try_again"}, status=503)
+        try:
+            await request.app[hub].seats_opened(room_id)
+        except (RedisError, StorageUnavailable) as error:
+            # Stored: the host takes it in when it subscribes again or when its person joins.
+            log.warning(
+                "room %s: seat %s stored, its announcement failed: %s", room_id, seat, error
+            )
+        return _json({"seat": seat.value, "name": name, "link": opened.link}, status=201)
+
+    async def place(request: web.Request) -> web.Response:
+        token = await _token_of(request)
+        if token is None:
+            return _malformed()
         try:
             _, record, _ = await request.app[hub].admission(token)
             node = await request.app[placement].place(record.room_id)
         except ProtocolError as refusal:
-            status = 410 if refusal.code == "room_closed" else 403
-            return _json({"error": refusal.code, "message": refusal.message}, status=status)
+            return _refused(refusal)
         except NoMediaNode as error:
             log.warning("room placement failed: %s", error)
             return _json({"error": "no_media_node", "message": texts.NO_MEDIA_NODE}, status=503)
@@ -151,14 +205,69 @@ def add_room_routes(
             )
         return _json({"signalling_url": node.signalling_url, "node": node.node_id})
 
+    async def check(request: web.Request) -> web.Response:
+        token = await _token_of(request)
+        if token is None:
+            return _malformed()
+        try:
+            _, record, seat_record = await request.app[hub].admission(token)
+        except ProtocolError as refusal:
+            return _refused(refusal)
+        except StorageUnavailable:
+            return _json(
+                {"error": "storage_unavailable", "message": texts.NO_MEDIA_NODE}, status=503
+            )
+        # Only what the link's holder needs: their own seat and name, never the answer itself.
+        # A seat without an answer on file is checked by the mediator on camera (RoomHub.join).
+        identity = None
+        if seat_record.identity_digest is not None:
+            check = seat_record.identity_check or ""
+            identity = _IDENTITY_ASKED.get(check, check)
+        return _json(
+            {
+                "seat": seat_record.seat,
+                "role_name": texts.SEAT_NAMES.get(seat_record.seat, seat_record.seat),
+                "name": seat_record.person_name,
+                "case_no": record.case_no,
+                "identity": identity,
+                "state": record.state,
+            }
+        )
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=_NO_CACHE)
+
     if serves_web:
         app.router.add_get("/join", join_page)
         app.router.add_static("/rooms/static", STATIC_DIR)
         app.router.add_post("/rooms/placement", place)
+        app.router.add_post("/rooms/check", check)
+        app.router.add_get("/rooms/ping", ping)
         app.router.add_post("/api/rooms", open_room)
         app.router.add_get("/api/rooms/{room_id}", show_room)
+        app.router.add_post("/api/rooms/{room_id}/seats", open_seat)
     if hosts_rooms:
         app.router.add_get("/rooms/ws", signalling)
+
+
+async def _token_of(request: web.Request) -> str | None:
+    """The token of a ``{"token": "…"}`` body; None if the body is anything else."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    token = body.get("token") if isinstance(body, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _malformed() -> web.Response:
+    return _json({"error": "malformed", "message": texts.REFUSALS["malformed"]}, status=400)
+
+
+def _refused(refusal: ProtocolError) -> web.Response:
+    """A join refusal as the page is told it over HTTP: an ended room 410, the rest 403."""
+    status = 410 if refusal.code == "room_closed" else 403
+    return _json({"error": refusal.code, "message": refusal.message}, status=status)
 
 
 def _parse_time(value: Any, now: datetime) -> datetime:

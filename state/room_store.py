@@ -1,12 +1,16 @@
 """Reading and writing mediation rooms and their seats (same contract as ``state.case_store``).
 
-Room states are the string values of ``mediation_rooms.room.RoomState``; the state change is a
-compare-and-set (``UPDATE … WHERE state = expected``) so that two processes racing to move a
-room (say, two admits at once) change it once.
+Room states are the string values of ``mediation_rooms.room.RoomState``.
+:func:`set_room_state` is the one place a stored room changes state: it refuses, writing
+nothing, a move the room's rules (``mediation_rooms.room.check_transition``, a pure module, as
+``state.case_store`` uses ``cases.status``) do not allow, and it is a compare-and-set
+(``UPDATE … WHERE state = expected``) so that two processes racing to move a room (say, two
+admits at once) change it once, and a room is never moved from a state it is not in.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -15,9 +19,12 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mediation_rooms.room import RoomState, check_transition
 from state._sql import table_of
 from state.db import storage_errors
 from state.models import Case, MediationRoom, Party, RoomSeat
+
+log = logging.getLogger(__name__)
 
 _ROOMS = table_of(MediationRoom)
 _SEATS = table_of(RoomSeat)
@@ -269,25 +276,35 @@ async def ended_room_ids(db: AsyncEngine) -> list[str]:
     with storage_errors("list the ended rooms"):
         async with db.begin() as connection:
             ids = await connection.execute(
-                sa.select(_ROOMS.c.id).where(_ROOMS.c.state == "ended").order_by(_ROOMS.c.ended_at)
+                sa.select(_ROOMS.c.id)
+                .where(_ROOMS.c.state == RoomState.ENDED.value)
+                .order_by(_ROOMS.c.ended_at)
             )
             return list(ids.scalars())
 
 
 async def set_room_state(
-    db: AsyncEngine, room_id: str, *, expected: str, new: str, now: datetime
+    db: AsyncEngine, room_id: str, *, expected: RoomState, new: RoomState, now: datetime
 ) -> bool:
-    """Move the room from ``expected`` to ``new``; False if it was not in ``expected``."""
-    values: dict[str, object] = {"state": new, "updated_at": now}
-    if new == "live":
+    """Move the room from ``expected`` to ``new``; False if it was not in ``expected`` (or is
+    unknown). Raises ``RoomStateError`` (an ``InvalidTransition``) before touching the database
+    when the rules do not allow ``expected`` -> ``new``: since the row changes only while it is
+    in ``expected``, no stored room ever makes a move the rules forbid."""
+    expected, new = RoomState(expected), RoomState(new)  # a state's stored value works too
+    check_transition(expected, new)
+    values: dict[str, object] = {"state": new.value, "updated_at": now}
+    if new is RoomState.LIVE:
         values["live_at"] = now
-    if new == "ended":
+    if new is RoomState.ENDED:
         values["ended_at"] = now
     with storage_errors("change the room"):
         async with db.begin() as connection:
             result = await connection.execute(
                 sa.update(_ROOMS)
-                .where(_ROOMS.c.id == room_id, _ROOMS.c.state == expected)
+                .where(_ROOMS.c.id == room_id, _ROOMS.c.state == expected.value)
                 .values(**values)
             )
-            return bool(result.rowcount)
+            moved = bool(result.rowcount)
+    if moved:
+        log.info("room %s (stored): %s -> %s", room_id, expected.value, new.value)
+    return moved

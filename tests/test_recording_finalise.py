@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -83,9 +84,17 @@ def finaliser(
     )
 
 
-async def ended_room(db: AsyncEngine, recordings: Path, *, record: bool = True) -> str:
+async def ended_room(
+    db: AsyncEngine,
+    recordings: Path,
+    *,
+    record: bool = True,
+    codec: str = "VP8",
+    legacy_ts: bool = False,
+) -> str:
     """A room of a new case that went live and ended, with two seconds recorded per seat
-    (without ``record``: called off before it went live)."""
+    (without ``record``: called off before it went live), its video in ``codec`` (with
+    ``legacy_ts``: H.264 in MPEG-TS, as rooms were recorded before Matroska)."""
     created = await file_case(db, submission_key=f"k-{datetime.now().timestamp()}")
     room_id = room_store.new_room_id()
     await room_store.create_room(
@@ -93,7 +102,7 @@ async def ended_room(db: AsyncEngine, recordings: Path, *, record: bool = True) 
         room_id=room_id,
         case_no=created.case_no,
         scheduled_at=NOW,
-        video_codec="VP8",
+        video_codec=codec,
         seats=[
             SeatRecord(seat, name, "n", None, None, NOW + timedelta(days=1))
             for seat, name in (
@@ -112,7 +121,7 @@ async def ended_room(db: AsyncEngine, recordings: Path, *, record: bool = True) 
         directory = recordings / room_id
         directory.mkdir(parents=True)
         for seat in ("mediator", "applicant", "respondent"):
-            _record_seat(directory, seat, 1, 0, 2, [1000])
+            _record_seat(directory, seat, 1, 0, 2, [1000], codec=codec, legacy_ts=legacy_ts)
         events = [
             {"t_ms": 0, "event": "recording_started", "room": room_id, "live_since": LIVE_SINCE},
             {"t_ms": 5, "event": "consented", "seat": "applicant", "recording": True},
@@ -201,7 +210,11 @@ async def test_an_ended_room_is_rendered_signed_and_archived_once(
 
     # Rendered but not archived (a crash in between): the retry archives what was sealed and
     # recorded, and neither renders nor signs again.
-    assert await room_store.set_room_state(db, room_id, expected="archived", new="ended", now=NOW)
+    # (The store refuses archived -> ended: the row is put back as the crash left it.)
+    async with db.begin() as connection:
+        await connection.execute(
+            sa.text("UPDATE mediation_rooms SET state = 'ended' WHERE id = :id"), {"id": room_id}
+        )
     court_copy_written = (done.directory / "court-copy.mp4").stat().st_mtime_ns
     resumed = await finaliser.finalise(room_id)
     assert resumed.done_now and (done.directory / MANIFEST_NAME).read_bytes() == signed
@@ -209,6 +222,45 @@ async def test_an_ended_room_is_rendered_signed_and_archived_once(
     assert (done.directory / "court-copy.mp4").stat().st_mtime_ns == court_copy_written
     room = await room_store.get_room(db, room_id)
     assert room is not None and room.state == "archived"
+
+
+@pytest.mark.parametrize("legacy_ts", [False, True], ids=["mkv", "older-ts"])
+async def test_an_h264_room_is_sealed_rendered_and_verified(
+    db: AsyncEngine,
+    finaliser: RecordingFinaliser,
+    signing_key: SigningKey,
+    tmp_path: Path,
+    legacy_ts: bool,
+) -> None:
+    room_id = await ended_room(db, tmp_path / "recordings", codec="H264", legacy_ts=legacy_ts)
+    done = await finaliser.finalise(room_id)
+    assert done.done_now and done.court_copy == done.directory / "court-copy.mp4"
+    verification = verify_recording(done.directory, signing_key.public_key, room_id)
+    assert verification.ok, verification.problems
+    assert verification.checked_files == 8 and not verification.court_copy_missing
+    suffix = "ts" if legacy_ts else "mkv"
+    media = {f["name"]: f for f in done.manifest["files"] if f.get("kind")}
+    assert set(media) == {
+        f"{seat}-{kind}-01.{suffix if kind == 'video' else 'webm'}"
+        for seat in ("mediator", "applicant", "respondent")
+        for kind in ("audio", "video")
+    }
+    video = media[f"applicant-video-01.{suffix}"]
+    assert (video["seat"], video["kind"], video["part"], video["codec"]) == (
+        "applicant",
+        "video",
+        1,
+        "h264",
+    )
+    assert video["frames"] == 60 and video["first_ms"] == 0 and 1900 < video["last_ms"] < 2000
+    record = verification.court_copy
+    assert record is not None
+    assert record["render"]["video"] == {"codec": "h264", "width": 3 * 640, "height": 544}
+    with (done.directory / f"mediator-video-01.{suffix}").open("ab") as tampered:
+        tampered.write(b"\0")
+    assert verify_recording(done.directory, signing_key.public_key, room_id).problems == [
+        f"mediator-video-01.{suffix}: changed since it was signed"
+    ]
 
 
 async def test_a_room_that_never_went_live_is_archived_with_an_empty_manifest(
