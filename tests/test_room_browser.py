@@ -82,11 +82,15 @@ def join_url(jiefen: RunningJiefen, link: str) -> str:
 
 
 async def pass_consent_and_devices(page: Page, identity: str | None) -> None:
-    """Tick both consents, type the identity re-check, pass the device check, press 进入."""
+    """Tick both consents, type the identity re-check (a seat without one has no box), pass
+    the device check, press 进入."""
     await expect(page.locator("#step-consent")).to_be_visible(timeout=UI_WAIT_MS)
     await page.locator("#ack-notices").check()
     await page.locator("#consent-recording").check()
-    await page.locator("#identity").fill(identity or "")
+    if identity is None:
+        await expect(page.locator("#identity-box")).to_be_hidden()
+    else:
+        await page.locator("#identity").fill(identity)
     await page.locator("#to-devices").click()
     await expect(page.locator("#device-status")).to_have_text(
         re.compile("^摄像头和麦克风正常"), timeout=UI_WAIT_MS
@@ -281,7 +285,7 @@ async def test_a_forged_or_mangled_link_shows_a_refusal_in_chinese(
     forged = payload + "." + ("B" if signature[0] == "A" else "A") + signature[1:]
     page = await new_page(browser)
     await page.goto(f"{jiefen.url}/join#{forged}")
-    await pass_consent_and_devices(page, ID_NUMBER[-6:])
+    # Refused on arrival (the link is checked first), before any notice, consent or camera.
     await expect(page.locator("#step-closed")).to_be_visible(timeout=UI_WAIT_MS)
     await expect(page.locator("#closed-title")).to_have_text("无法进入")
     await expect(page.locator("#closed-message")).to_have_text(texts.REFUSALS["forged"])
