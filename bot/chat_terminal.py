@@ -3,13 +3,17 @@
 Every line typed is sent to the webhook exactly as WeChat sends it (signed, and encrypted in
 safe mode, by :class:`bot.wechat_simulator.WeChatSimulator`), and the bot's passive reply is
 printed. Replies the bot pushes later (through the customer-service API) are fetched from the
-development WeChat API stand-in and printed too. Lines starting with ``/`` send other kinds of
-message (see ``HELP``). Reads standard input, so a script can drive it as well.
+development WeChat API stand-in and printed too: after each message, and as they arrive while
+the terminal waits for the next line (a request that the stand-in answers when there is one),
+so a message nobody's line caused (the invitation to a video session, sent when a mediator
+opens one) shows up on its own, as in the WeChat app. Lines starting with ``/`` send other
+kinds of message (see ``HELP``). Reads standard input, so a script can drive it as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sys
 from collections.abc import Callable
@@ -32,6 +36,11 @@ _TINY_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
+
+#: How long one request for new pushes waits for one (the stand-in's ``wait``, seconds).
+PUSH_WAIT_S = 20.0
+#: The least time between two such requests, whatever the server answers (seconds).
+PUSH_MIN_INTERVAL_S = 1.0
 
 # An AMR-NB file: the magic header, then one frame of silence (mode 7, 31 bytes of payload).
 _SILENT_AMR = b"#!AMR\n" + bytes([0x3C]) + bytes(31)
@@ -58,6 +67,9 @@ class ChatTerminal:
         self._openid = openid
         self._write = write
         self._pushes_seen = 0
+        #: One look at the pushes at a time: the watcher's and a message's own must not both
+        #: print the same push.
+        self._pushes_lock = asyncio.Lock()
 
     async def run(self, lines: TextIO) -> int:
         """Chat until end of input or ``/退出``; returns a process exit status."""
@@ -65,24 +77,57 @@ class ChatTerminal:
             self._pushes_seen = await self._count_pushes(session)
             self._write(HELP)
             await self._send(session, self._simulator.subscribe(self._openid))
-            while True:
-                self._write("")
-                line = await asyncio.to_thread(lines.readline)
-                if not line:
-                    break
-                text = line.strip()
-                if text in ("/退出", "/quit"):
-                    break
-                if not text:
-                    continue
-                if text in ("/帮助", "/help"):
-                    self._write(HELP)
-                    continue
-                push = await self._build(session, text)
-                self._write(f"我：{text}")
-                await self._send(session, push)
+            watcher = asyncio.create_task(self._watch_pushes(session), name="chat-pushes")
+            try:
+                await self._converse(session, lines)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await self._show_pushes(session, wait_s=1.0)
         return 0
+
+    async def _converse(self, session: aiohttp.ClientSession, lines: TextIO) -> None:
+        while True:
+            self._write("")
+            line = await asyncio.to_thread(lines.readline)
+            if not line:
+                return
+            text = line.strip()
+            if text in ("/退出", "/quit"):
+                return
+            if not text:
+                continue
+            if text in ("/帮助", "/help"):
+                self._write(HELP)
+                continue
+            push = await self._build(session, text)
+            self._write(f"我：{text}")
+            await self._send(session, push)
+
+    async def _watch_pushes(self, session: aiohttp.ClientSession) -> None:
+        """Print pushes as they arrive, whether or not anything is typed: wait for one without
+        the lock (a message's own look must not queue behind the wait), then show it."""
+        loop = asyncio.get_running_loop()
+        while self._dev_api_url is not None:
+            started = loop.time()
+            try:
+                async with session.get(
+                    f"{self._dev_api_url}/_sent",
+                    params={
+                        "touser": self._openid,
+                        "after": str(self._pushes_seen),
+                        "wait": str(PUSH_WAIT_S),
+                    },
+                    timeout=aiohttp.ClientTimeout(total=PUSH_WAIT_S + 10),
+                ) as response:
+                    data = await response.json()
+                if int(data["total"]) > self._pushes_seen:
+                    await self._show_pushes(session, wait_s=0.0)
+                    continue
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                pass  # the server restarting: look again in a moment
+            await asyncio.sleep(max(0.0, PUSH_MIN_INTERVAL_S - (loop.time() - started)))
 
     async def _build(self, session: aiohttp.ClientSession, text: str) -> Push:
         command, _, argument = text.partition(" ")
@@ -123,14 +168,15 @@ class ChatTerminal:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            async with session.get(
-                f"{self._dev_api_url}/_sent",
-                params={"touser": self._openid, "after": str(self._pushes_seen)},
-            ) as response:
-                data = await response.json()
-            for text in data["messages"]:
-                self._write(f"公众号（推送）：{text}")
-            self._pushes_seen = int(data["total"])
+            async with self._pushes_lock:
+                async with session.get(
+                    f"{self._dev_api_url}/_sent",
+                    params={"touser": self._openid, "after": str(self._pushes_seen)},
+                ) as response:
+                    data = await response.json()
+                for text in data["messages"]:
+                    self._write(f"公众号（推送）：{text}")
+                self._pushes_seen = int(data["total"])
             if data["messages"] or loop.time() >= deadline:
                 return
             await asyncio.sleep(0.3)

@@ -8,11 +8,12 @@ development WeChat account that the bundled simulator and fake WeChat API server
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The development WeChat account used by `jiefen serve` and `jiefen chat` out of the box.
@@ -22,6 +23,11 @@ DEV_WECHAT_SECRET = "jiefen-dev-secret"
 DEV_WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters, as WeChat's
 
 WECHAT_API_BASE = "https://api.weixin.qq.com"
+
+#: A ``turn:`` or ``turns:`` URL as WebRTC takes it (RFC 7065; aiortc reads the same form):
+#: ``turn:turn.example.cn``, ``turn:203.0.113.7:3478?transport=tcp``,
+#: ``turns:turn.example.cn:5349?transport=tcp``.
+TURN_URL = re.compile(r"turns?:[^\s?:/]+(:[0-9]{1,5})?(\?transport=(udp|tcp))?")
 
 
 class IceServer(BaseModel):
@@ -82,8 +88,20 @@ class Settings(BaseSettings):
 
     #: STUN/TURN servers for the video rooms, as WebRTC's ``iceServers`` JSON list, e.g.
     #: ``[{"urls": "turn:turn.example.cn:3478", "username": "u", "credential": "p"}]``.
-    #: Empty (the default) is right on a LAN and on loopback; the public internet needs TURN.
+    #: Empty (the default) is right on a LAN and on loopback; the public internet needs TURN,
+    #: best with :attr:`turn_urls`: a ``username``/``credential`` given here goes to everyone
+    #: who joins, and works for them for as long as it is configured.
     ice_servers: list[IceServer] = Field(default_factory=list)
+    #: TURN servers that check time-limited credentials (coturn ``use-auth-secret``), e.g.
+    #: ``["turn:turn.example.cn:3478", "turns:turn.example.cn:5349?transport=tcp"]``. Each join
+    #: (and the media server's own connection for it) gets credentials of its own, minted with
+    #: :attr:`turn_secret` and valid :attr:`turn_ttl_s`; set both or neither.
+    turn_urls: list[str] = Field(default_factory=list)
+    #: The secret shared with the TURN server (coturn ``static-auth-secret``); never shown.
+    turn_secret: SecretStr | None = None
+    #: How long minted TURN credentials are valid (seconds): longer than a session, since the
+    #: TURN server refuses to refresh an allocation once they expire.
+    turn_ttl_s: int = Field(default=6 * 3600, ge=60)
     #: The one video codec of every new room: ``VP8`` (default) or ``H264``.
     video_codec: Literal["VP8", "H264"] = "VP8"
     #: Highest video bitrate a participant is asked to send (REMB), bits per second.
@@ -156,6 +174,14 @@ class Settings(BaseSettings):
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("JIEFEN_TLS_CERT_FILE and JIEFEN_TLS_KEY_FILE go together")
+        if bool(self.turn_urls) != bool(self.turn_secret and self.turn_secret.get_secret_value()):
+            raise ValueError("JIEFEN_TURN_URLS and JIEFEN_TURN_SECRET go together")
+        for url in self.turn_urls:
+            if not TURN_URL.fullmatch(url):
+                raise ValueError(
+                    f"JIEFEN_TURN_URLS: {url!r} is not a TURN URL "
+                    "(turn:host[:port][?transport=udp|tcp] or turns:host[:port]?transport=tcp)"
+                )
         if self.wechat_crypto_mode != "plain" and not self.wechat_aes_key:
             raise ValueError("JIEFEN_WECHAT_AES_KEY is needed in compat and safe mode")
         return self

@@ -49,6 +49,7 @@ from mediation_rooms.placement import (
 )
 from mediation_rooms.room_hub import RoomHub
 from mediation_rooms.room_service import RoomService
+from mediation_rooms.turn_credentials import TurnRestConfig
 from mediation_rooms.web_rooms import add_room_routes
 from state import organisation_store
 from state.blob_store import LocalBlobStore
@@ -104,6 +105,15 @@ def media_config(settings: Settings) -> MediaConfig:
         ),
         video_codec=settings.video_codec,
         video_bitrate_cap_bps=settings.video_bitrate_cap_bps,
+        turn=(
+            TurnRestConfig(
+                urls=tuple(settings.turn_urls),
+                secret=settings.turn_secret.get_secret_value().encode(),
+                ttl_s=settings.turn_ttl_s,
+            )
+            if settings.turn_urls and settings.turn_secret is not None
+            else None
+        ),
     )
 
 

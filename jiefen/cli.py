@@ -10,11 +10,17 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from mediation_rooms.room import SeatRole
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from jiefen.access_log import PathOnlyAccessLogger
     from jiefen.app import create_app, freeze_startup_heap, uses_dev_wechat
-    from jiefen.tls import ssl_context
+    from jiefen.local_server import remove_record, write_record
+    from jiefen.tls import local_certificate_names, ssl_context
 
     role = args.role or settings.role
     if role == "worker":
@@ -186,6 +193,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port:
         updates["port"] = args.port
     settings = settings.model_copy(update=updates)
+    if settings.command_embedded and settings.admin_api_token is None:
+        # The commands of this installation (`jiefen room open`) open rooms through this
+        # process's rooms API: its in-process Redis holds the outbox of their invitations.
+        from state.admin_token import load_or_create_admin_token
+
+        settings = settings.model_copy(
+            update={"admin_api_token": load_or_create_admin_token(settings)}
+        )
+    tls = ssl_context(settings)
     base = settings.resolved_public_url.rstrip("/")
     scheme = "https" if settings.serves_https else "http"
     print(f"解纷 Jiefen serving on {scheme}://{settings.host}:{settings.port}")
@@ -200,6 +216,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  health         : {base}/healthz")
     print(f"  database       : {settings.resolved_database_url}")
     print(f"  redis          : {settings.redis_url or 'in-process stand-in (one process only)'}")
+    if settings.tls_self_signed:
+        names = local_certificate_names(settings.host).describe()
+        print(f"  certificate    : self-signed, for {names}")
     if uses_dev_wechat(settings):
         print(
             "  WeChat account : built-in development account (fake WeChat API at /dev/wechat-api)"
@@ -208,13 +227,23 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     app = create_app(settings)
     app.on_startup.append(freeze_startup_heap)  # after the services are built
+    if settings.command_embedded:
+        # Where the commands beside it find this process (jiefen/local_server.py).
+        async def advertise(app: web.Application) -> None:
+            write_record(settings)
+
+        async def withdraw(app: web.Application) -> None:
+            remove_record(settings)
+
+        app.on_startup.append(advertise)
+        app.on_cleanup.append(withdraw)
     web.run_app(
         app,
         loop=new_event_loop(settings),
         host=settings.host,
         port=settings.port,
         access_log_class=PathOnlyAccessLogger,
-        ssl_context=ssl_context(settings),
+        ssl_context=tls,
         print=None,
     )
     return 0
@@ -436,6 +465,25 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         extras[SeatRole(f"{side}_agent")] = name
 
+    def show(
+        room_id: str, case_no: str, session_no: int, when: datetime, links: dict[str, str]
+    ) -> None:
+        shown = when.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
+        print(f"room {room_id}: case {case_no}, session {session_no}, at {shown}")
+        for seat, link in links.items():
+            print(f"  {seat:<17} {link}")
+
+    not_invited: str | None = None
+    if settings.command_embedded:
+        # On embedded defaults the outbox is in the running `serve`'s memory (the in-process
+        # Redis stand-in): only that process can send the invitation, so it opens the room.
+        outcome = asyncio.run(
+            _room_open_through_server(settings, args, at.astimezone(UTC), extras, show)
+        )
+        if isinstance(outcome, int):
+            return outcome
+        not_invited = outcome
+
     async def open_room() -> int:
         engine = create_engine(settings.resolved_database_url)
         redis = connect_redis(settings)
@@ -446,8 +494,8 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
                 db=engine,
                 data_key=key,
                 protector=PersonalDataProtector(key),
-                # The in-process Redis stand-in is this command's own: a message queued there
-                # would never be sent, so the applicant is only invited through a shared Redis.
+                # Only a shared Redis has an outbox that some worker drains: the in-process
+                # stand-in would be this command's own, and what it queued would never be sent.
                 outbox=(
                     Outbox(
                         redis,
@@ -473,19 +521,87 @@ def _room_open(settings: Settings, args: argparse.Namespace) -> int:
             await redis.aclose()
             await engine.dispose()
         room = opened.room
-        when = room.scheduled_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
-        print(f"room {room.room_id}: case {room.case_no}, session {room.session_no}, at {when}")
-        for seat, link in opened.links.items():
-            print(f"  {seat:<17} {link}")
+        show(room.room_id, room.case_no, room.session_no, room.scheduled_at, opened.links)
         if settings.redis_url:
             print("the applicant's link was also sent to them in WeChat")
         else:
-            print("(no shared Redis: send the applicant their link yourself)")
+            print(
+                f"NOT sent to the applicant in WeChat: {not_invited or 'no shared Redis'}. "
+                "On embedded defaults only the running `jiefen serve` can send it (the outbox "
+                "is in its memory): start it (`scripts/serve`) and open the session again, or "
+                "give the applicant their link yourself.",
+                file=sys.stderr,
+            )
         return 0
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
     return asyncio.run(open_room())
+
+
+async def _room_open_through_server(
+    settings: Settings,
+    args: argparse.Namespace,
+    at: datetime,
+    extras: dict[SeatRole, str],
+    show: Callable[[str, str, int, datetime, dict[str, str]], None],
+) -> int | str:
+    """Have the installation's running ``serve`` open the room (its rooms API), which also
+    queues the applicant's invitation in its outbox. Returns the exit status when that was
+    done or refused for good, else why it could not be asked (the caller opens the room
+    itself, and says that nobody was invited)."""
+    from jiefen.local_server import read_record, record_path
+    from mediation_rooms import client_rooms_api
+    from state.admin_token import admin_token_path, read_admin_token
+
+    server = read_record(settings.data_dir)
+    if server is None:
+        where = record_path(settings.data_dir)
+        return f"no `jiefen serve` is running for this installation (no {where})"
+    token = settings.admin_api_token or read_admin_token(settings)
+    if token is None:
+        return (
+            "no rooms API token to ask the running `jiefen serve` with (no "
+            f"JIEFEN_ADMIN_API_TOKEN, no {admin_token_path(settings)})"
+        )
+    try:
+        opened = await client_rooms_api.open_room(
+            server.url,
+            token,
+            args.case_no,
+            scheduled_at=at,
+            mediator_name=args.mediator,
+            extra_seats={seat.value: name for seat, name in extras.items()},
+            ssl_context=server.ssl_context(),
+        )
+    except client_rooms_api.RoomsAPIUnreachable as error:
+        if error.maybe_done:
+            print(
+                f"asked the running `jiefen serve` at {server.url} to open the room, but got no "
+                f"answer ({error}): it may have opened it; look before opening another",
+                file=sys.stderr,
+            )
+            return 1
+        return (
+            f"the `jiefen serve` that last ran here (pid {server.pid}) does not answer at "
+            f"{server.url} ({error})"
+        )
+    except client_rooms_api.RoomsAPIRefused as refused:
+        if refused.status == 403:
+            return (
+                f"the `jiefen serve` at {server.url} refused this installation's rooms API token "
+                "(was it started with another JIEFEN_ADMIN_API_TOKEN?)"
+            )
+        if refused.error == "unknown_case":
+            print(f"no case numbered {args.case_no}", file=sys.stderr)
+            return 1
+        print(f"the running `jiefen serve` did not open the room: {refused}", file=sys.stderr)
+        return 2 if refused.status == 400 else 1
+    show(opened.room_id, opened.case_no, opened.session_no, opened.scheduled_at, opened.links)
+    print(
+        f"the applicant's link was also sent to them in WeChat (by `jiefen serve` at {server.url})"
+    )
+    return 0
 
 
 def _admin_routing(settings: Settings, args: argparse.Namespace) -> int:

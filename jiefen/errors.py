@@ -13,14 +13,17 @@
      ├── ConfigurationError      settings or config files that do not make sense
      │    └── NodeIdInUse        (mediation_rooms.placement) a media node id another process holds
      ├── InvalidTransition       a lifecycle asked to move where its rules forbid
+     │    └── RoomStateError     (mediation_rooms.room) a room's state, in memory or stored
      ├── SealBroken              a signed document (a recording's manifest, its court copy
      │                           record) does not verify: altered, of another room or key
      ├── PermanentJobError       a background job that can never succeed: dead-lettered at once
+     ├── RoomsAPIRefused         (mediation_rooms.client_rooms_api) the rooms API said no
      └── UpstreamError           something outside us failed; may carry ``retry_after``
           ├── WeChatAPIError     WeChat answered with an errcode (``errcode``, ``errmsg``)
           ├── StorageUnavailable the database or the file store cannot be reached
           ├── LockTimeout        a Redis lock or turn could not be had in time
-          └── NoMediaNode        no media process can host a room right now
+          ├── NoMediaNode        no media process can host a room right now
+          └── RoomsAPIUnreachable (mediation_rooms.client_rooms_api) no answer from the rooms API
 
 A few subclasses live beside the one module that raises and catches them (``RenderFailed``,
 ``LeaseLost`` and ``InvalidReply``, all directly under ``JiefenError``). Catch broad exceptions

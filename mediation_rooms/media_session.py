@@ -47,6 +47,7 @@ from mediation_rooms import aiortc_hooks
 from mediation_rooms.forwarding import Publication, Subscription, SubscriptionTrack
 from mediation_rooms.recording import RoomClock, RoomRecording
 from mediation_rooms.room import SeatRole, SessionView
+from mediation_rooms.turn_credentials import TurnRestConfig, mint_credential, turn_user
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,23 @@ class MediaConfig:
     ice_servers: tuple[RTCIceServer, ...] = ()
     video_codec: str = "VP8"
     video_bitrate_cap_bps: int = 1_000_000
+    #: TURN servers taking time-limited credentials, minted per connection; none when unset.
+    turn: TurnRestConfig | None = None
+
+    def ice_servers_for(self, room_id: str, seat: str, *, now: float) -> list[RTCIceServer]:
+        """The ICE servers of one seat's connection (the participant's end and the server's):
+        the TURN servers with credentials minted at ``now`` (unix seconds) for this room and
+        seat, then the static ones. aiortc uses the first TURN URL it can, so minted first."""
+        servers = list(self.ice_servers)
+        if self.turn is not None:
+            minted = mint_credential(self.turn, turn_user(room_id, seat), now=now)
+            servers.insert(
+                0,
+                RTCIceServer(
+                    urls=list(minted.urls), username=minted.username, credential=minted.credential
+                ),
+            )
+        return servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +162,8 @@ class RoomMedia:
         await self.disconnect(seat, reason="replaced")
         pc = RTCPeerConnection(
             RTCConfiguration(
-                iceServers=list(self.config.ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+                iceServers=self.config.ice_servers_for(self.room_id, seat.value, now=time.time()),
+                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             )
         )
         connection = ParticipantConnection(seat=seat, pc=pc)

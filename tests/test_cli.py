@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
 from bot.bench_webhook import free_port, intake_script
@@ -121,6 +122,113 @@ def _run(cwd: Path, command: list[str]) -> str:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+@pytest.mark.timeout(150)
+async def test_room_open_beside_embedded_serve_invites_the_applicant_in_chat(
+    tmp_path: Path,
+) -> None:
+    """The README walkthrough on embedded defaults: `serve` in one terminal, `chat` in another,
+    `room open` in a third; the invitation reaches the chat terminal with nothing typed. With
+    no server running, `room open` still opens the room and says nobody was invited."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        *JIEFEN,
+        *("serve", "--port", str(port)),
+        cwd=tmp_path,
+        env=clean_environment(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    chat: asyncio.subprocess.Process | None = None
+    transcript: list[str] = []
+    try:
+        await asyncio.to_thread(_wait_healthy, url, lambda: server.returncode is not None)
+        chat = await asyncio.create_subprocess_exec(
+            *JIEFEN,
+            *("chat", "--url", url),
+            cwd=tmp_path,
+            env=clean_environment(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert chat.stdin is not None and chat.stdout is not None
+        chat.stdin.write(("\n".join(intake_script(7)) + "\n").encode())
+        await chat.stdin.drain()
+        filed = await _read_until(chat.stdout, transcript, r"JF\d{8}-\d{4}", wait_s=60)
+        case_no = filed.group(0)
+
+        # `room open` is told nothing of the server (not its port): it finds the one of its
+        # installation, which opens the room and queues the invitation in its own outbox.
+        opened = await asyncio.to_thread(_run, tmp_path, [*JIEFEN, "room", "open", case_no])
+        assert "sent to them in WeChat" in opened, opened
+        links = dict(re.findall(r"^\s+(\w+)\s+(\S+/join#\S+)$", opened, re.MULTILINE))
+        assert links["applicant"].startswith(f"{url}/join#")  # the server's own address
+        await _read_until(
+            chat.stdout,
+            transcript,
+            rf"公众号（推送）：您的案件 {case_no} 已安排视频调解",
+            wait_s=20,
+        )
+        await _read_until(chat.stdout, transcript, re.escape(links["applicant"]), wait_s=5)
+        chat.stdin.write("/退出\n".encode())
+        await chat.stdin.drain()
+        assert await asyncio.wait_for(chat.wait(), 20) == 0
+        token_file = tmp_path / "var" / "keys" / "admin-api.token"
+        assert token_file.stat().st_mode & 0o077 == 0
+        assert json.loads((tmp_path / "var" / "run" / "serve.json").read_text())["url"] == url
+    finally:
+        if chat is not None and chat.returncode is None:
+            chat.kill()
+            await chat.wait()
+        server.terminate()
+        output, _ = await asyncio.wait_for(server.communicate(), 20)
+    assert server.returncode == 0, output.decode()[-3000:]
+    assert not (tmp_path / "var" / "run" / "serve.json").exists()  # withdrawn at exit
+
+    # No server: the room is opened all the same, and the command says who was not invited.
+    alone = await asyncio.to_thread(_run_unchecked, tmp_path, [*JIEFEN, "room", "open", case_no])
+    assert alone.returncode == 0, alone.stderr
+    assert "/join#" in alone.stdout
+    assert "NOT sent to the applicant in WeChat" in alone.stderr
+    assert "no `jiefen serve` is running" in alone.stderr
+    # A server that was killed left its record: nobody answers there, and it is said so.
+    record = tmp_path / "var" / "run" / "serve.json"
+    record.write_text(json.dumps({"url": f"http://127.0.0.1:{free_port()}", "pid": 1}))
+    stale = await asyncio.to_thread(_run_unchecked, tmp_path, [*JIEFEN, "room", "open", case_no])
+    assert stale.returncode == 0, stale.stderr
+    assert "NOT sent to the applicant in WeChat" in stale.stderr
+    assert "does not answer" in stale.stderr
+
+
+async def _read_until(
+    stream: asyncio.StreamReader, transcript: list[str], pattern: str, *, wait_s: float
+) -> re.Match[str]:
+    """Read lines from ``stream`` (kept in ``transcript``) until one matches ``pattern``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {pattern!r} in:\n" + "\n".join(transcript[-40:]))
+        try:
+            raw = await asyncio.wait_for(stream.readline(), remaining)
+        except TimeoutError:
+            continue
+        if not raw:
+            raise AssertionError(f"ended before {pattern!r}:\n" + "\n".join(transcript[-40:]))
+        line = raw.decode().rstrip("\n")
+        transcript.append(line)
+        found = re.search(pattern, line)
+        if found:
+            return found
+
+
+def _run_unchecked(cwd: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, env=clean_environment(), capture_output=True, text=True, timeout=60
+    )
 
 
 async def test_the_webhook_benchmark_runs_and_reports(redis_client: aioredis.Redis) -> None:

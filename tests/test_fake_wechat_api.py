@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bot.dev_wechat import make_dev_wechat_app
 from bot.fake_wechat_api import (
     CUSTOM_SEND_PATH,
     MEDIA_GET_PATH,
@@ -221,5 +223,51 @@ async def test_mounted_under_a_prefix() -> None:
             assert "/dev/wechat-api/fake-video/v1" in video["video_url"]
             async with session.get(video["video_url"]) as response:
                 assert await response.read() == b"mp4"
+    finally:
+        await server.close()
+
+
+async def test_the_dev_sent_endpoint_waits_for_a_push_and_lets_go_at_shutdown() -> None:
+    """`jiefen chat` waits on `_sent?wait=S` for pushes nobody's message caused (an invitation):
+    the answer comes when one is sent, and a server shutting down does not wait it out."""
+    fake = FakeWeChatAPI(APPID, SECRET)
+    root = web.Application()
+    root.add_subapp("/dev/wechat-api", make_dev_wechat_app(fake))
+    server = TestServer(root, host="127.0.0.1", port=0)
+    await server.start_server()
+    sent_url = str(server.make_url("/dev/wechat-api/_sent"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, str(server.make_url("/dev/wechat-api")), fake)
+            token = (await api.token())["access_token"]
+
+            async def wait_for_push(wait: str) -> tuple[dict[str, Any], float]:
+                started = time.monotonic()
+                query = {"touser": "oA", "after": "0", "wait": wait}
+                async with session.get(sent_url, params=query) as response:
+                    assert response.status == 200
+                    return await response.json(), time.monotonic() - started
+
+            waiting = asyncio.create_task(wait_for_push("10"))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # nothing sent yet: it waits
+            await api.send(token, "oA", "邀请")
+            answer, took = await asyncio.wait_for(waiting, 5)
+            assert answer == {"total": 1, "messages": ["邀请"]} and took < 5
+            # Without `wait`, the answer is at once, as before.
+            quick, took = await wait_for_push("0")
+            assert quick["total"] == 1 and took < 1
+            async with session.get(sent_url, params={"touser": "oA", "wait": "x"}) as response:
+                assert response.status == 400
+            # Shutting down: a waiting request is answered at once.
+            idle = asyncio.create_task(
+                session.get(sent_url, params={"touser": "oA", "after": "1", "wait": "30"})
+            )
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            await root.shutdown()
+            response = await asyncio.wait_for(idle, 5)
+            assert (await response.json())["messages"] == [] and time.monotonic() - started < 2
+            response.release()
     finally:
         await server.close()
