@@ -33,6 +33,7 @@ from cases.working_days import parse_holidays
 from config.routing import load_routing_table
 from config.settings import DEV_WECHAT_APPID, WECHAT_API_BASE, Settings
 from jiefen.errors import ConfigurationError
+from mediation_rooms import aiortc_hooks
 from mediation_rooms.finalise import (
     JOB_FINALISE_RECORDING,
     MAX_RUNTIME_S,
@@ -136,7 +137,17 @@ def recording_finaliser(
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Build the aiohttp application for ``settings`` (resources open when it starts)."""
+    """Build the aiohttp application for ``settings`` (resources open when it starts).
+
+    Raises ``ConfigurationError`` when this process is to host video rooms and the installed
+    aiortc is not the one the media hooks were written for: forwarding would otherwise fail
+    (or silently decode again) only once the first room went live.
+    """
+    if settings.hosts_rooms:
+        try:
+            aiortc_hooks.check_compatible()
+        except aiortc_hooks.HookError as error:
+            raise ConfigurationError(f"cannot host video rooms: {error}") from error
     app = web.Application(client_max_size=settings.wechat_max_body_bytes * 4)
     app[SETTINGS] = settings
     if uses_dev_wechat(settings):

@@ -21,12 +21,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiortc
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
 
+from config.settings import Settings
+from jiefen.app import create_app
+from jiefen.errors import ConfigurationError
 from mediation_rooms import aiortc_hooks
 from mediation_rooms.forwarding import KEYFRAME_REQUEST_GAP_S, STALL_AFTER_S
 from mediation_rooms.media_session import WATCHDOG_INTERVAL_S, MediaConfig, RoomMedia
@@ -299,3 +303,18 @@ def test_check_compatible_fails_when_a_hooked_internal_moves(
     upgrade(monkeypatch)
     with pytest.raises(aiortc_hooks.HookError):
         aiortc_hooks.check_compatible()
+
+
+@pytest.mark.parametrize("role", ["all", "media", "web"])
+def test_only_a_process_that_hosts_rooms_refuses_an_aiortc_its_hooks_do_not_fit(
+    role: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A media process checks the hooks when it starts, not when its first room goes live."""
+    settings = Settings(data_dir=tmp_path, role=role, public_url="http://127.0.0.1:1")
+    create_app(settings)  # the pinned aiortc: every role starts
+    monkeypatch.setattr(aiortc, "__version__", "1.17.0")
+    if settings.hosts_rooms:
+        with pytest.raises(ConfigurationError, match=r"cannot host video rooms: aiortc 1\.17\.0"):
+            create_app(settings)
+    else:
+        create_app(settings)
