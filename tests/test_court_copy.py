@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from mediation_rooms.court_copy import (
     TILE_HEIGHT,
     TILE_WIDTH,
     CourtCopySpec,
+    Overlay,
+    _bar_text,
     recorded_files,
     render_court_copy,
 )
@@ -312,3 +315,49 @@ def test_h264_rooms_render_from_matroska_and_from_the_older_mpeg_ts(tmp_path: Pa
             assert flash <= onset < flash + 1000 / 25 + 1000 / FPS + 1, (tile, onset, flash)
     # Before the applicant's first frame (300 ms) their tile is the "no picture" one.
     assert 55 < brightness[0][1] < 65
+
+
+def _luma_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="gray") for frame in container.decode(video=0)]
+
+
+def test_the_overlay_names_each_seat_and_shows_the_case_and_the_time(tmp_path: Path) -> None:
+    for seat in ("mediator", "applicant"):
+        _record_seat(tmp_path, seat, 1, 0, 3, [])
+    spec = CourtCopySpec(tmp_path, tmp_path / "court.mp4", "JF20261122-0009", LIVE_SINCE, 3000)
+    render_court_copy(spec)
+    frames = _luma_frames(spec.output)
+    width = 2 * TILE_WIDTH
+
+    # The bar: the case number, China time and the time since the session went live.
+    china = timezone(timedelta(hours=8))
+    for at_ms in (400, 2400):
+        wall = datetime.fromtimestamp(LIVE_SINCE + at_ms / 1000, china)
+        assert _bar_text(spec, at_ms) == (
+            f"JF20261122-0009    {wall:%Y-%m-%d %H:%M:%S} (UTC+8)    00:00:0{at_ms // 1000}"
+        )
+    overlay = Overlay(spec.font_file)  # the font the render chose
+    early, late = (overlay.bar(_bar_text(spec, at), width).astype(float) for at in (400, 2400))
+    changed = np.abs(early - late) > 100  # the pixels of the digits that differ
+    assert changed.sum() > 50
+    for index, expected, other in ((10, early, late), (60, late, early)):  # 25 fps
+        bar = frames[index][TILE_HEIGHT:].astype(float)
+        assert bar.shape == expected.shape
+        assert np.corrcoef(bar.ravel(), expected.ravel())[0, 1] > 0.9
+        # Where the two moments' texts differ, the frame shows its own moment's.
+        own = np.abs(bar[changed] - expected[changed]).mean()
+        assert own < 30 < np.abs(bar[changed] - other[changed]).mean(), (index, own)
+
+    # Each tile is labelled with its own seat, at its top left corner.
+    labels = {seat: overlay.label(seat).astype(float) for seat in ("mediator", "applicant")}
+    assert labels["mediator"].shape != labels["applicant"].shape or np.any(
+        labels["mediator"] != labels["applicant"]
+    )
+    frame = frames[30].astype(float)
+    for tile, seat in enumerate(("mediator", "applicant")):
+        height, label_width = labels[seat].shape
+        region = frame[8 : 8 + height, tile * TILE_WIDTH + 8 : tile * TILE_WIDTH + 8 + label_width]
+        text = labels[seat] > 128
+        # White text on the darkened box: the label's glyphs are bright, the rest dark.
+        assert region[text].mean() > 180 > 60 > region[~text].mean(), (seat, region[text].mean())
