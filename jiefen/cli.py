@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from config.settings import Settings
+from mediation_rooms.room import RoomState
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -116,6 +117,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     room_finalise.add_argument("room_id")
     room_finalise.set_defaults(handler=_room_finalise)
+    room_list = room_commands.add_parser(
+        "list",
+        help="list rooms, the latest first, with what became of each recording's court copy",
+    )
+    room_list.add_argument("--case", metavar="CASE_NO", help="only this case's sessions")
+    room_list.add_argument(
+        "--state",
+        action="append",
+        choices=[state.value for state in RoomState],
+        help="only rooms in this state (repeatable)",
+    )
+    room_list.add_argument(
+        "--missing-court-copy",
+        action="store_true",
+        help="only archived rooms whose court copy is missing (to render with `room finalise`)",
+    )
+    room_list.add_argument("--limit", type=int, default=200, help="at most this many rooms")
+    room_list.set_defaults(handler=_room_list)
     room_verify = room_commands.add_parser(
         "verify",
         help="check a recording directory against its signed manifest and court copy record",
@@ -364,6 +383,45 @@ def _room_finalise(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(finalise())
+
+
+def _room_list(settings: Settings, args: argparse.Namespace) -> int:
+    from cases.case_number import CHINA_TZ
+    from mediation_rooms.manifest import court_copy_status
+    from state import room_store
+    from state.db import create_engine
+
+    states = {RoomState(state) for state in args.state or ()}
+    if args.missing_court_copy:
+        states = {RoomState.ARCHIVED}
+
+    async def run() -> int:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            rooms = await room_store.list_rooms(
+                engine, states=states, case_no=args.case, limit=args.limit
+            )
+        finally:
+            await engine.dispose()
+        shown = 0
+        for room in rooms:
+            status = "-"
+            if room.state == RoomState.ARCHIVED:
+                status = court_copy_status(settings.recordings_dir / room.room_id)
+            if args.missing_court_copy and status != "missing":
+                continue
+            when = room.scheduled_at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
+            print(
+                f"{room.room_id}  {room.case_no} #{room.session_no}  {when}  "
+                f"{room.state:<9}  court copy: {status}"
+            )
+            shown += 1
+        print(f"{shown} room(s)", file=sys.stderr)
+        if args.missing_court_copy and shown:
+            print("render each with: jiefen room finalise ROOM", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
 
 
 def _room_verify(settings: Settings, args: argparse.Namespace) -> int:

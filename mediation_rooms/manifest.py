@@ -193,6 +193,25 @@ def expects_court_copy(manifest: dict[str, Any]) -> bool:
     )
 
 
+def court_copy_status(directory: Path) -> str:
+    """What a recording directory holds of its court copy, read from its files (no signature
+    is checked: ``verify_recording`` does that): ``"rendered"`` (recorded beside the manifest,
+    or listed in a legacy one), ``"missing"`` (a recorded session sealed without one yet:
+    ``jiefen room finalise`` renders it), ``"none"`` (nothing was recorded) or ``"not sealed"``
+    (no readable manifest)."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_bytes())
+    except (OSError, ValueError):
+        return "not sealed"
+    if not isinstance(manifest, dict):
+        return "not sealed"
+    if (directory / COURT_COPY_RECORD_NAME).exists():
+        return "rendered"
+    if manifest.get("format") == LEGACY_MANIFEST_FORMAT and (directory / COURT_COPY_NAME).exists():
+        return "rendered"
+    return "missing" if expects_court_copy(manifest) else "none"
+
+
 def court_copy_record(
     manifest_data: bytes, court_copy: Path, render: dict[str, Any], key: SigningKey
 ) -> dict[str, Any]:

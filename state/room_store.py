@@ -271,6 +271,50 @@ async def rooms_of_case(db: AsyncEngine, case_no: str) -> list[RoomRecord]:
     return [room for room in rooms if room is not None]
 
 
+@dataclass(frozen=True, slots=True)
+class RoomListing:
+    """One row of :func:`list_rooms`: a room without its seats."""
+
+    room_id: str
+    case_no: str
+    session_no: int
+    state: str
+    scheduled_at: datetime
+    ended_at: datetime | None
+
+
+async def list_rooms(
+    db: AsyncEngine,
+    *,
+    states: Collection[RoomState] = (),
+    case_no: str | None = None,
+    limit: int = 200,
+) -> list[RoomListing]:
+    """Rooms, the most recently scheduled first: those in ``states`` (every state when empty)
+    and of ``case_no`` (every case when ``None``), at most ``limit``."""
+    query = (
+        sa.select(
+            _ROOMS.c.id,
+            _CASES.c.case_no,
+            _ROOMS.c.session_no,
+            _ROOMS.c.state,
+            _ROOMS.c.scheduled_at,
+            _ROOMS.c.ended_at,
+        )
+        .join(_CASES, _CASES.c.id == _ROOMS.c.case_id)
+        .order_by(_ROOMS.c.scheduled_at.desc(), _ROOMS.c.id)
+        .limit(limit)
+    )
+    if states:
+        query = query.where(_ROOMS.c.state.in_([RoomState(state).value for state in states]))
+    if case_no is not None:
+        query = query.where(_CASES.c.case_no == case_no)
+    with storage_errors("list the rooms"):
+        async with db.begin() as connection:
+            rows = (await connection.execute(query)).all()
+    return [RoomListing(*row) for row in rows]
+
+
 async def ended_room_ids(db: AsyncEngine) -> list[str]:
     """Rooms in state ``ended`` (their recording not yet archived), the earliest ended first."""
     with storage_errors("list the ended rooms"):

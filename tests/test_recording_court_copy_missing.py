@@ -403,6 +403,13 @@ async def test_the_command_renders_a_missing_court_copy_later(
     assert "court copy: not rendered yet" in verified.stdout
     assert f"jiefen room finalise {room_id}" in verified.stdout
 
+    listed = await asyncio.to_thread(
+        _jiefen, tmp_path, pg_database_url, "room", "list", "--missing-court-copy"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith(room_id) and "archived   court copy: missing" in listed.stdout
+    assert "1 room(s)" in listed.stderr and "jiefen room finalise ROOM" in listed.stderr
+
     rendered = await asyncio.to_thread(
         _jiefen, tmp_path, pg_database_url, "room", "finalise", room_id
     )
@@ -414,6 +421,22 @@ async def test_the_command_renders_a_missing_court_copy_later(
     again = await asyncio.to_thread(_jiefen, tmp_path, pg_database_url, "room", "finalise", room_id)
     assert again.returncode == 0, again.stderr
     assert "was finalised before; nothing to do" in again.stdout
+
+    # Rendered now: no longer listed as missing; listed as rendered among the archived rooms.
+    missing = await asyncio.to_thread(
+        _jiefen, tmp_path, pg_database_url, "room", "list", "--missing-court-copy"
+    )
+    assert missing.returncode == 0 and missing.stdout == "" and "0 room(s)" in missing.stderr
+    archived_rooms = await asyncio.to_thread(
+        _jiefen, tmp_path, pg_database_url, "room", "list", "--state", "archived"
+    )
+    assert (
+        f"{room_id}  " in archived_rooms.stdout and "court copy: rendered" in archived_rooms.stdout
+    )
+    ended_rooms = await asyncio.to_thread(
+        _jiefen, tmp_path, pg_database_url, "room", "list", "--state", "ended"
+    )
+    assert ended_rooms.stdout == "", ended_rooms.stdout
 
 
 async def test_only_one_run_finalises_a_room_at_a_time(

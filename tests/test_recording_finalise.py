@@ -40,6 +40,7 @@ from mediation_rooms.manifest import (
     COURT_COPY_RECORD_NAME,
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    court_copy_status,
     sha256_of,
     verify_recording,
 )
@@ -274,6 +275,10 @@ async def test_a_room_that_never_went_live_is_archived_with_an_empty_manifest(
     assert verification.ok and not verification.court_copy_missing
     progress = await finaliser.progress(room_id)
     assert progress is not None and progress["court_copy"] == "none"
+    assert court_copy_status(done.directory) == "none"
+    (done.directory / MANIFEST_NAME).write_text("{not json")
+    assert court_copy_status(done.directory) == "not sealed"
+    assert court_copy_status(tmp_path / "no-such-room") == "not sealed"
 
 
 async def test_a_live_room_whose_recording_is_not_here_is_retried_not_sealed_empty(
