@@ -41,7 +41,11 @@ class IceServer(BaseModel):
 class Settings(BaseSettings):
     """All configuration. Field names map to ``JIEFEN_<NAME>`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="JIEFEN_", extra="ignore")
+    #: ``hide_input_in_errors``: a setting that does not validate is named, never echoed with
+    #: the rest of the input (pydantic would print every setting given, secrets included).
+    model_config = SettingsConfigDict(
+        env_prefix="JIEFEN_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = 8080

@@ -605,6 +605,10 @@ def _iso(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
+#: The fields of a ``consented`` timeline event that say when and whose, not what was agreed.
+_NOT_CONSENTS = frozenset({"event", "seat", "t_ms", "before_live"})
+
+
 def _manifest(
     record: RoomRecord,
     live_since: float | None,
@@ -625,7 +629,7 @@ def _manifest(
                 "reconnected_ms": [e["t_ms"] for e in mine if e.get("event") == "reconnected"],
                 "left_ms": [e["t_ms"] for e in mine if e.get("event") == "left"],
                 "consents": (
-                    {k: v for k, v in consents[-1].items() if k not in ("event", "seat", "t_ms")}
+                    {k: v for k, v in consents[-1].items() if k not in _NOT_CONSENTS}
                     if consents
                     else None
                 ),

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from jiefen.errors import StorageUnavailable
 from mediation_rooms import texts
@@ -153,6 +154,10 @@ class LiveRoom:
     # -- state kept in Redis -----------------------------------------------------------------
 
     async def save(self) -> None:
+        """Write the session state to Redis. A Redis outage is logged, not raised: the room
+        goes on in memory (media needs no Redis) and the next change writes the whole state;
+        raising would throw out whoever's message caused the change (their connection's task
+        fails), and with it, once empty, the room's release."""
         live = {
             "state": self.lifecycle.state.value,
             "admitted": sorted(self.view.admitted),
@@ -169,9 +174,14 @@ class LiveRoom:
             **self.attendance.live(),
             **self.timeline.held(),
         }
-        await self.hub.redis.set(
-            self.hub.live_key(self.room_id), json.dumps(live), ex=LIVE_STATE_TTL_S
-        )
+        try:
+            await self.hub.redis.set(
+                self.hub.live_key(self.room_id), json.dumps(live), ex=LIVE_STATE_TTL_S
+            )
+        except RedisError as error:
+            log.warning(
+                "room %s: live state not saved (%s); the next change saves it", self.room_id, error
+            )
 
     def event(self, event: str, **details: Any) -> None:
         """An entry in the room's timeline (held until the room goes live: ``timeline.py``)."""

@@ -7,11 +7,12 @@
   (:mod:`mediation_rooms.placement`). The token is the credential: a bad one gets 403 with the
   same refusal as the WebSocket would give, an ended room 410, no media process 503.
 - ``POST /rooms/check`` — ``{"token": …}`` → the seat the link is for (``seat``, ``role_name``,
-  the holder's own ``name``, ``case_no``, the room's ``state``) and which identity re-check the
-  seat is asked for (``identity``: ``"id_last6"``, ``"phone"`` or ``null``): what the join page
-  needs to greet the person and prompt for the right answer before the notices. Refused exactly
-  as placement refuses (400, 403, 410), but reserves no media process; never tells the answer,
-  nor anything of the other seats.
+  the holder's own ``name``, masked to its first character where the seat has an identity
+  re-check that has not been answered yet, ``case_no``, the room's ``state``) and which
+  identity re-check the seat is asked for (``identity``: ``"id_last6"``, ``"phone"`` or
+  ``null``): what the join page needs to greet the person and prompt for the right answer
+  before the notices. Refused exactly as placement refuses (400, 403, 410), but reserves no
+  media process; never tells the answer, nor anything of the other seats.
 - ``GET /rooms/ping`` — 204, nothing else: the join page times a few of these for its network
   check (``/healthz`` would time the database and Redis too).
 - ``GET /rooms/ws`` — signalling (mediation_rooms/PROTOCOL.md), on the processes that host rooms.
@@ -103,8 +104,10 @@ def add_room_routes(
             case_no = str(body["case_no"])
             now = datetime.now(UTC)
             scheduled_at = _parse_time(body.get("scheduled_at"), now)
+            # The names as an extra seat opened later takes them (shown to everyone, stored).
             extras = {
-                SeatRole(seat): str(name) for seat, name in (body.get("extra_seats") or {}).items()
+                SeatRole(seat): person_name(name)
+                for seat, name in (body.get("extra_seats") or {}).items()
             }
             if any(seat not in EXTRA_SEATS for seat in extras):
                 raise ValueError(f"extra_seats are some of {', '.join(EXTRA_SEATS)}")
@@ -115,6 +118,8 @@ def add_room_routes(
                 mediator_name=str(body.get("mediator_name") or "调解员"),
                 extra_seats=extras,
             )
+        except ProtocolError as error:
+            return _json({"error": "invalid_request", "detail": error.message}, status=400)
         except room_store.UnknownCase:
             return _json({"error": "unknown_case"}, status=404)
         except StorageUnavailable:
@@ -220,14 +225,19 @@ def add_room_routes(
         # Only what the link's holder needs: their own seat and name, never the answer itself.
         # A seat without an answer on file is checked by the mediator on camera (RoomHub.join).
         identity = None
+        name = seat_record.person_name
         if seat_record.identity_digest is not None:
             check = seat_record.identity_check or ""
             identity = _IDENTITY_ASKED.get(check, check)
+            # Whoever holds the link has not answered the re-check yet (a forwarded link, a
+            # wrong number): enough of the name for its person to know the link is theirs, not
+            # the whole of it. ``welcome``, after the re-check, has it in full.
+            name = masked_name(name)
         return _json(
             {
                 "seat": seat_record.seat,
                 "role_name": texts.SEAT_NAMES.get(seat_record.seat, seat_record.seat),
-                "name": seat_record.person_name,
+                "name": name,
                 "case_no": record.case_no,
                 "identity": identity,
                 "state": record.state,
@@ -248,6 +258,11 @@ def add_room_routes(
         app.router.add_post("/api/rooms/{room_id}/seats", open_seat)
     if hosts_rooms:
         app.router.add_get("/rooms/ws", signalling)
+
+
+def masked_name(name: str) -> str:
+    """``name`` with all but its first character masked (张三 → 张*, 欧阳娜娜 → 欧***)."""
+    return name[:1] + "*" * (len(name) - 1)
 
 
 async def _token_of(request: web.Request) -> str | None:

@@ -125,7 +125,14 @@ async def ended_room(
             _record_seat(directory, seat, 1, 0, 2, [1000], codec=codec, legacy_ts=legacy_ts)
         events = [
             {"t_ms": 0, "event": "recording_started", "room": room_id, "live_since": LIVE_SINCE},
-            {"t_ms": 5, "event": "consented", "seat": "applicant", "recording": True},
+            # As a live room writes it: given in the waiting room, before the room went live.
+            {
+                "t_ms": -1200,
+                "event": "consented",
+                "seat": "applicant",
+                "recording": True,
+                "before_live": True,
+            },
             {"t_ms": 2000, "event": "ended"},
         ]
         lines = [json.dumps(event) for event in events]

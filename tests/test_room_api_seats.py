@@ -259,3 +259,30 @@ async def _frames(client: Client, seat: str) -> None:
     from tests.test_room_signalling import wait_frames
 
     await wait_frames(client, seat, 10, wait_s=20)
+
+
+@pytest.mark.timeout(60)
+async def test_a_room_opened_with_extra_seats_takes_their_names_by_the_same_rule(
+    jiefen: RunningJiefen,
+) -> None:
+    """``POST /api/rooms``'s ``extra_seats`` are named as a seat opened later is: no control or
+    format characters (a right-to-left override makes a name read as another), 1 to 64."""
+    case_no = await file_case(jiefen)
+
+    async def post_room(extra_seats: Any) -> tuple[int, dict[str, Any]]:
+        async with jiefen.session.post(
+            f"{jiefen.url}/api/rooms",
+            json={"case_no": case_no, "extra_seats": extra_seats},
+            headers=AUTH,
+        ) as response:
+            answer: dict[str, Any] = await response.json()
+            return response.status, answer
+
+    for names in ({"interpreter": " \u202e "}, {"interpreter": "李" * 65}, {"interpreter": 5}):
+        status, answer = await post_room(names)
+        assert (status, answer["error"]) == (400, "invalid_request"), names
+    status, answer = await post_room({"interpreter": " 阿\u202e依 "})
+    assert status == 201, answer
+    room = await room_store.get_room(jiefen.services.db, answer["room_id"])
+    assert room is not None
+    assert room.seat("interpreter").person_name == "阿依"  # type: ignore[union-attr]

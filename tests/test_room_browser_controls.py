@@ -178,8 +178,8 @@ async def test_the_link_is_checked_before_anything_is_asked(
 
     # A good link: greeted by name and seat, asked for the re-check that seat has (or none).
     prompts = {
-        "applicant": ("张三（申请人）", "请输入您身份证号码的后 6 位", "text"),
-        "respondent": ("李四（被申请人）", "请输入案件登记的手机号", "tel"),
+        "applicant": ("张*（申请人）", "请输入您身份证号码的后 6 位", "text"),
+        "respondent": ("李*（被申请人）", "请输入案件登记的手机号", "tel"),
         "mediator": ("王调解员（调解员）", None, None),
         "interpreter": ("阿依（翻译）", None, None),
     }
@@ -451,13 +451,17 @@ async def test_room_controls_quality_speaker_and_reconnect(
     for page in pages.values():
         await expect(page.locator("#quality")).to_have_text("网络：好", timeout=UI_WAIT_MS)
         await expect(page.locator(".tile.speaking").first).to_be_attached(timeout=UI_WAIT_MS)
-    # Every page told the server its microphone and camera are on.
+    # Every page told the server its microphone and camera are on; a party already from the
+    # waiting room, before any media (PROTOCOL.md: after each connection, once joined).
     for page in pages.values():
         assert (await sent(page, "media_state"))[-1] == {
             "type": "media_state",
             "audio": True,
             "video": True,
         }
+    for party in (applicant, respondent):
+        kinds = [message["type"] for message in await party.evaluate("() => window.__sent")]
+        assert kinds.index("media_state") < kinds.index("answer"), kinds
 
     # The applicant switches the microphone off: the button, the track, the server and the
     # others' tiles say so; then the camera; then both back on.

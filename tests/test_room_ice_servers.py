@@ -180,3 +180,27 @@ def test_turn_settings_go_together_and_take_only_turn_urls() -> None:
         Settings(turn_urls=["stun:stun.example.cn"], turn_secret="s")
     settings = Settings(turn_urls=["turns:turn.example.cn:5349?transport=tcp"], turn_secret="s3")
     assert "s3" not in repr(settings) and "s3" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {},  # the secret without the URLs
+        {"turn_urls": ["stun:stun.example.cn"]},
+        {"turn_urls": ["turn:turn.example.cn"], "tls_cert_file": "/etc/cert.pem"},
+    ],
+)
+def test_a_setting_refused_does_not_print_the_turn_secret(
+    wrong: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a refused configuration prints (stderr, often a service's log) names the setting
+    at fault, never the values given, the secrets among them."""
+    from pydantic import ValidationError
+
+    from config.settings import Settings
+
+    secret = "Tq8s"  # short: pydantic shortens a long input in the middle, but shows this whole
+    monkeypatch.setenv("JIEFEN_TURN_SECRET", secret)
+    with pytest.raises(ValidationError) as refused:
+        Settings(**wrong)
+    assert secret not in str(refused.value)  # what a traceback prints

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from mediation_rooms import texts
 from tests.conftest import REDIS_URL
@@ -99,6 +100,7 @@ async def test_arrivals_before_the_room_went_live_are_written_at_their_own_time(
     mediator_at = time.monotonic()
     mediator = await join(token_of(links["mediator"]))
     await mediator.answer_offer()
+    mediator_in = time.monotonic()  # its joined was recorded before its offer was sent
     await asyncio.sleep(0.4)
     applicant_at = time.monotonic()
     applicant = await join(token_of(links["applicant"]), ID_NUMBER[-6:])
@@ -112,6 +114,7 @@ async def test_arrivals_before_the_room_went_live_are_written_at_their_own_time(
     admitted_at = time.monotonic()
     await mediator.send("admit", seat="applicant")
     await applicant.answer_offer()
+    live_by = time.monotonic()  # the room went live before the applicant's offer was sent
     await wait_frames(mediator, "applicant", 10)
 
     events = timeline(jiefen, room_id)
@@ -133,9 +136,15 @@ async def test_arrivals_before_the_room_went_live_are_written_at_their_own_time(
     ]
     joined = {e["seat"]: e["t_ms"] for e in early if e["event"] == "joined"}
     # The room clock's origin is the admission: the times before it are as long ago as that.
-    slack_ms = 250
-    assert abs(joined["mediator"] + (admitted_at - mediator_at) * 1000) < slack_ms, joined
-    assert abs(joined["applicant"] + (admitted_at - applicant_at) * 1000) < slack_ms, joined
+    # Bounded by what the test saw on either side of each moment, not by a guess at how long
+    # the server takes (a loaded machine takes longer); 20 ms for the clocks' rounding.
+    slack_ms = 20
+
+    def between(t_ms: int, earliest: float, latest: float) -> bool:
+        return (earliest - live_by) * 1000 - slack_ms <= t_ms <= (latest - admitted_at) * 1000
+
+    assert between(joined["mediator"], mediator_at, mediator_in), (joined, mediator_in)
+    assert between(joined["applicant"], applicant_at, admitted_at), joined
     assert joined["applicant"] - joined["mediator"] >= 400
     consents = {e["seat"]: e for e in early if e["event"] == "consented"}
     assert consents["applicant"]["recording"] is True
@@ -152,13 +161,13 @@ async def test_a_return_after_a_drop_is_a_reconnection_with_its_gap(
     join = joiner(jiefen, clients)
     mediator, applicant = await admit_applicant(join, links, at_least=10)
 
+    closing_at = time.monotonic()  # the departure is recorded after this
     await applicant.close()
     await presence_of(mediator, "applicant", present=False)
-    away_from = time.monotonic()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the departure was recorded before this
     back = await join(token_of(links["applicant"]), ID_NUMBER[-6:])
     await back.answer_offer()
-    away_ms = (time.monotonic() - away_from) * 1000
+    away_ms = (time.monotonic() - closing_at) * 1000  # the return was recorded before this
     await wait_frames(mediator, "applicant", 10)
     # A second device takes the seat over: no gap at all.
     second = await join(token_of(links["applicant"]), ID_NUMBER[-6:])
@@ -167,7 +176,7 @@ async def test_a_return_after_a_drop_is_a_reconnection_with_its_gap(
 
     events = of(timeline(jiefen, room_id), "applicant", "joined", "left", "reconnected")
     assert [e["event"] for e in events] == ["joined", "left", "reconnected", "reconnected"]
-    assert 500 <= events[2]["gap_ms"] <= away_ms + 100, (events, away_ms)
+    assert 500 <= events[2]["gap_ms"] <= away_ms + 5, (events, away_ms)
     assert events[2]["gap_ms"] <= events[2]["t_ms"] - events[1]["t_ms"] + 5
     assert events[3]["gap_ms"] == 0
     # Consent is recorded at every arrival.
@@ -296,3 +305,37 @@ async def test_the_person_the_mediator_mutes_is_told(
     await presence_of(mediator, "applicant", muted=False)
     # The mediator is told nothing about their own controls.
     assert not any(m["type"] == "notice" for m in mediator.messages)
+
+
+@pytest.mark.timeout(120)
+async def test_a_redis_outage_during_the_session_throws_nobody_out(
+    jiefen: RunningJiefen, clients: list[Client]
+) -> None:
+    """Media needs no Redis, and neither does a message that changes the presence: while
+    Redis cannot be reached the room goes on in memory, and writes its state once it can."""
+    from bot.bench_webhook import free_port
+
+    opened = await open_room(jiefen, await file_case(jiefen))
+    room_id, links = opened["room_id"], opened["links"]
+    join = joiner(jiefen, clients)
+    mediator, applicant = await admit_applicant(join, links, at_least=10)
+    hub = jiefen.services.hub
+    reachable = hub.redis
+    # Redis gone (nothing listens on that port): every command fails to connect.
+    hub.redis = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=1)
+    try:
+        await applicant.send("media_state", audio=False, video=True)
+        await presence_of(mediator, "applicant", audio_off=True)
+        await mediator.send("mute", seat="respondent", muted=True)
+        await presence_of(applicant, "respondent", muted=True)
+        await wait_frames(mediator, "applicant", 10)  # still connected, media still flowing
+    finally:
+        await hub.redis.aclose()
+        hub.redis = reachable
+    await applicant.send("media_state", audio=True, video=True)
+    await presence_of(mediator, "applicant", audio_off=False)
+    assert not mediator.ws.closed and not applicant.ws.closed
+    assert not of(timeline(jiefen, room_id), "applicant", "left")
+    live = json.loads(await reachable.get(hub.live_key(room_id)))
+    assert live["muted"] == ["respondent"]  # made during the outage, saved with the next change
+    assert live["media_state"]["applicant"] == {"audio": True, "video": True}

@@ -409,7 +409,9 @@
         $("mediator-panel").hidden = message.seat !== "mediator";
         break;
       case "waiting":
-        $("waiting-message").textContent = message.message; show("step-waiting"); connectionRestored(); break;
+        $("waiting-message").textContent = message.message; show("step-waiting"); connectionRestored();
+        sendMediaState();  // the mediator sees this device's switches from the waiting room on
+        break;
       case "admitted": break;
       case "offer": answer(message); break;
       case "presence": state.presence = message; renderPresence(); break;
