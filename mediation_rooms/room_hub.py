@@ -384,8 +384,8 @@ class RoomHub:
         self, record: RoomRecord, seat_record: SeatRecord, answer: str
     ) -> None:
         """Compare the identity answer with the seat's digest, counting failures per seat."""
-        failures_key = f"{self.prefix}room:{record.room_id}:seat:{seat_record.seat}:id_failures"
-        if int(await self.redis.get(failures_key) or 0) >= MAX_IDENTITY_ATTEMPTS:
+        failures_key = self._identity_failures_key(record.room_id, seat_record.seat)
+        if await self.identity_locked_out(record.room_id, seat_record.seat):
             raise _refusal("too_many_attempts")
         digest = self.rooms.identity_digest(
             record.room_id, seat_record.seat, seat_record.identity_check or "", answer
@@ -401,6 +401,15 @@ class RoomHub:
         if int(failures) >= MAX_IDENTITY_ATTEMPTS:
             raise _refusal("too_many_attempts")
         raise ProtocolError("identity_mismatch", texts.REFUSALS["identity_mismatch"])
+
+    def _identity_failures_key(self, room_id: str, seat: str) -> str:
+        return f"{self.prefix}room:{room_id}:seat:{seat}:id_failures"
+
+    async def identity_locked_out(self, room_id: str, seat: str) -> bool:
+        """Whether ``seat`` is locked out of ``room_id`` by its wrong identity answers
+        (``MAX_IDENTITY_ATTEMPTS`` within ``IDENTITY_LOCKOUT_S`` of the last one)."""
+        failures = await self.redis.get(self._identity_failures_key(room_id, seat))
+        return int(failures or 0) >= MAX_IDENTITY_ATTEMPTS
 
     async def admission(self, token: str) -> tuple[JoinClaims, RoomRecord, SeatRecord]:
         """The room and seat a join token admits to; raises a fatal ProtocolError (a refusal)

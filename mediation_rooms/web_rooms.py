@@ -215,10 +215,19 @@ def add_room_routes(
         if token is None:
             return _malformed()
         try:
-            _, record, seat_record = await request.app[hub].admission(token)
+            rooms_hub = request.app[hub]
+            _, record, seat_record = await rooms_hub.admission(token)
+            # A seat locked by wrong answers is told now, not after the notices and the device
+            # check, when its join would be refused for the same reason.
+            locked = (
+                seat_record.identity_digest is not None
+                and await rooms_hub.identity_locked_out(record.room_id, seat_record.seat)
+            )
+            if locked:
+                raise ProtocolError("too_many_attempts", texts.REFUSALS["too_many_attempts"])
         except ProtocolError as refusal:
             return _refused(refusal)
-        except StorageUnavailable:
+        except (StorageUnavailable, RedisError):
             return _json(
                 {"error": "storage_unavailable", "message": texts.NO_MEDIA_NODE}, status=503
             )

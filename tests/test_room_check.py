@@ -131,3 +131,31 @@ async def test_the_ping_answers_nothing_and_is_not_cached(jiefen: RunningJiefen)
         assert response.status == 204
         assert response.headers["Cache-Control"] == "no-store"
         assert await response.read() == b""
+
+
+async def test_a_seat_locked_by_wrong_answers_is_refused_at_once(jiefen: RunningJiefen) -> None:
+    links = (await open_room(jiefen, await file_case(jiefen)))["links"]
+    applicant, respondent = token_of(links["applicant"]), token_of(links["respondent"])
+    assert (await check(jiefen, {"token": applicant}))[0] == 200
+    # Five wrong answers through the real signalling, as a guessing link holder would give.
+    codes = []
+    for _ in range(5):
+        async with jiefen.session.ws_connect(f"{jiefen.url}/rooms/ws") as ws:
+            await ws.send_json(
+                {
+                    "type": "join",
+                    "token": applicant,
+                    "identity": "000000",
+                    "consent_recording": True,
+                    "acknowledged_notices": True,
+                }
+            )
+            codes.append((await ws.receive_json(timeout=10))["code"])
+    assert codes == ["identity_mismatch"] * 4 + ["too_many_attempts"]
+    status, answer = await check(jiefen, {"token": applicant})
+    assert (status, answer) == (
+        403,
+        {"error": "too_many_attempts", "message": texts.REFUSALS["too_many_attempts"]},
+    )
+    # The lock is the seat's: the other party's link is still good.
+    assert (await check(jiefen, {"token": respondent}))[0] == 200
