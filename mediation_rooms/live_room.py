@@ -40,6 +40,7 @@ from mediation_rooms import texts
 from mediation_rooms.attendance import Attendance
 from mediation_rooms.finalise import enqueue_finalisation
 from mediation_rooms.media_session import Offer, RoomMedia
+from mediation_rooms.message_budget import TokenBucket, chat_budget, media_state_budget
 from mediation_rooms.room import (
     ALLOWED_TRANSITIONS,
     RoomLifecycle,
@@ -78,6 +79,13 @@ class Attendee:
     ws: web.WebSocketResponse
     #: What the person agreed to at join, for the timeline: {"recording", "notices", "identity"}.
     consents: dict[str, Any]
+    #: This connection's budgets for the messages that reach everyone (``message_budget``).
+    chat_budget: TokenBucket = dataclasses.field(default_factory=chat_budget)
+    media_state_budget: TokenBucket = dataclasses.field(default_factory=media_state_budget)
+    #: The latest ``media_state`` sent over its budget, and the task that applies it when the
+    #: budget allows (``RoomHub._defer_media_state``).
+    deferred_media_state: MediaState | None = None
+    deferred_flush: asyncio.Task[None] | None = None
 
     async def send(self, kind: str, **fields: Any) -> None:
         if not self.ws.closed:

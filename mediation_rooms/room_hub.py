@@ -347,6 +347,8 @@ class RoomHub:
             log.exception("room signalling connection failed")
         finally:
             if room is not None and attendee is not None:
+                if attendee.deferred_flush is not None:
+                    attendee.deferred_flush.cancel()
                 async with room.lock:
                     await room.leave(attendee)
             if not ws.closed:
@@ -507,6 +509,13 @@ class RoomHub:
             return
         if isinstance(message, Join):
             raise ProtocolError("already_joined", "this connection has joined already")
+        if isinstance(message, Chat) and not attendee.chat_budget.take(time.monotonic()):
+            raise ProtocolError("rate_limited", texts.REFUSALS["rate_limited"])
+        if isinstance(message, MediaState):
+            if not attendee.media_state_budget.take(time.monotonic()):
+                self._defer_media_state(room, attendee, message)
+                return
+            attendee.deferred_media_state = None  # this one is newer
         async with room.lock:
             if isinstance(message, Admit):
                 await room.admit(message.seat)
@@ -529,6 +538,30 @@ class RoomHub:
                 await room.chat(seat, message.text)
             elif isinstance(message, MediaState) and room.attendees.get(seat) is attendee:
                 await room.set_media_state(seat, message)
+
+    def _defer_media_state(self, room: LiveRoom, attendee: Attendee, state: MediaState) -> None:
+        """Keep ``state``, sent over its budget, and apply the latest one kept when the budget
+        allows: a flood of switches costs the room at most the budget's rate, and the room
+        still ends up with the person's last switch."""
+        attendee.deferred_media_state = state
+        if attendee.deferred_flush is None:
+            attendee.deferred_flush = asyncio.create_task(
+                self._apply_deferred_media_state(room, attendee),
+                name=f"media-state-{room.room_id}-{attendee.seat}",
+            )
+
+    async def _apply_deferred_media_state(self, room: LiveRoom, attendee: Attendee) -> None:
+        try:
+            await asyncio.sleep(attendee.media_state_budget.wait_s(time.monotonic()))
+            async with room.lock:
+                state, attendee.deferred_media_state = attendee.deferred_media_state, None
+                if state is not None and room.attendees.get(attendee.seat) is attendee:
+                    attendee.media_state_budget.take(time.monotonic())
+                    await room.set_media_state(attendee.seat, state)
+        except Exception:
+            log.exception("room %s: a deferred media_state failed", room.room_id)
+        finally:
+            attendee.deferred_flush = None
 
     async def _error(self, ws: web.WebSocketResponse, error: ProtocolError) -> None:
         if not ws.closed:

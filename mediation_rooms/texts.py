@@ -22,6 +22,8 @@ REFUSALS: dict[str, str] = {
     "seat_taken": "这个席位已经邀请过了。",
     "not_extra_seat": "只能邀请翻译或代理人。",
     "too_many_seats": "每场调解最多邀请两位翻译或代理人。",
+    # A chat line over the connection's budget (message_budget.py):
+    "rate_limited": "发送太频繁了，请稍等一下再发。",
 }
 
 REPLACED = "您已在另一台设备上进入调解室，这台设备已退出。"
