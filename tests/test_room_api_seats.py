@@ -21,10 +21,14 @@ import pytest
 
 from mediation_rooms.room import RoomState, SeatRole
 from state import room_store
+from tests import test_room_timeline
 from tests.conftest import DATABASE_ADMIN_URL, REDIS_URL
 from tests.harness import ADMIN_TOKEN, RunningJiefen, running_jiefen
 from tests.test_room_signalling import Client, admit_applicant, file_case, open_room, token_of
-from tests.test_room_timeline import of, presence_of, timeline
+from tests.test_room_timeline import joiner, of, presence_of, timeline
+
+# The signalling connections of a test, closed afterwards (the timeline tests' fixture).
+clients = test_room_timeline.clients
 
 pytestmark = pytest.mark.services
 
@@ -40,26 +44,6 @@ async def post_seat(
     ) as response:
         answer: dict[str, Any] = await response.json()
         return response.status, answer
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.close()
-
-
-def joiner(url: str, jiefen: RunningJiefen, clients: list[Client]) -> Any:
-    """Opens a signalling connection to ``url`` (a process hosting rooms) and sends ``join``."""
-
-    async def join(token: str, identity: str | None = None) -> Client:
-        client = Client(await jiefen.session.ws_connect(f"{url}/rooms/ws"))
-        clients.append(client)
-        await client.send_join(token, identity)
-        return client
-
-    return join
 
 
 async def everyone_is_offered(room_id: str, seat: str, *connected: Client) -> None:
@@ -93,7 +77,7 @@ async def test_a_seat_opened_through_the_api_joins_the_live_session(
 ) -> None:
     opened = await open_room(jiefen, await file_case(jiefen))
     room_id, links = opened["room_id"], opened["links"]
-    join = joiner(jiefen.url, jiefen, clients)
+    join = joiner(jiefen, clients)
     mediator, applicant = await admit_applicant(join, links, at_least=10)
 
     status, answer = await post_seat(jiefen, room_id, {"seat": "interpreter", "name": " 阿依 "})
@@ -212,7 +196,7 @@ async def test_a_seat_opened_on_the_web_process_reaches_the_media_process_hostin
 ) -> None:
     opened = await open_room(web, await file_case(web))
     room_id, links = opened["room_id"], opened["links"]
-    join = joiner(media.url, media, clients)
+    join = joiner(media, clients)
     mediator, applicant = await admit_applicant(join, links, at_least=10)
     assert room_id in media.services.hub.live_rooms and not web.services.hub.live_rooms
 
@@ -236,7 +220,7 @@ async def test_a_host_that_missed_the_announcement_takes_the_seat_in_when_its_pe
 ) -> None:
     opened = await open_room(web, await file_case(web))
     room_id, links = opened["room_id"], opened["links"]
-    join = joiner(media.url, media, clients)
+    join = joiner(media, clients)
     mediator, applicant = await admit_applicant(join, links, at_least=10)
 
     # Stored without the announcement (as when Redis failed the publish, or the host was

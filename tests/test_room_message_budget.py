@@ -6,7 +6,6 @@ The bucket itself, then through the real signalling server (real Redis, PostgreS
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,9 +16,13 @@ from mediation_rooms.message_budget import (
     MEDIA_STATE_RATE_PER_S,
     TokenBucket,
 )
+from tests import test_room_timeline
 from tests.harness import RunningJiefen, eventually
 from tests.test_room_signalling import Client, admit_applicant, file_case, open_room
 from tests.test_room_timeline import joiner, of, presence_of, timeline
+
+# The signalling connections of a test, closed afterwards (the timeline tests' fixture).
+clients = test_room_timeline.clients
 
 
 def test_the_bucket_allows_its_burst_then_its_rate() -> None:
@@ -34,14 +37,6 @@ def test_the_bucket_allows_its_burst_then_its_rate() -> None:
         TokenBucket(rate_per_s=0, burst=1)
     with pytest.raises(ValueError):
         TokenBucket(rate_per_s=1, burst=0)
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 @pytest.mark.services
